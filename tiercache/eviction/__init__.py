@@ -37,3 +37,16 @@ __all__ = [
     "UnknownPolicyError",
     "create_policy",
 ]
+
+
+def policy_from_spec(spec: str | dict[str, Any], capacity: int) -> EvictionPolicy:
+    """Build from a config value: ``"s3fifo"`` or ``{name = "s3fifo", small_ratio = 0.1}``."""
+    if isinstance(spec, str):
+        return create_policy(spec, capacity)
+    params = dict(spec)
+    name = params.pop("name", None)
+    if not isinstance(name, str):
+        raise UnknownPolicyError(
+            f"an eviction table needs name = one of {', '.join(sorted(REGISTRY))}"
+        )
+    return create_policy(name, capacity, **params)

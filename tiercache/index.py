@@ -1,0 +1,167 @@
+"""The index: which key is in which tier, with its checksum and origin version (LMDB).
+
+LMDB gives what a node-wide index needs: many processes read concurrently without locks,
+one writes at a time with ACID commits, and a process killed mid-commit leaves the last
+committed state intact. Only the engine writes; every process reads.
+
+Keys are arbitrary strings (origin URLs), often longer than LMDB's 511-byte key limit, so
+the index is keyed by a digest of the key, which is also the blob's file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+
+from .security import ensure_private_dir
+from .tiers.store import BlobMeta
+
+_ABANDONED: list[object] = []
+
+#: tier, flags, size, stored size, crc32, inode, mtime_ns, last access, hits, key length
+_HEAD = struct.Struct("<BBQQIQqdIH")
+_COMPRESSED, _SMALL = 1, 2
+
+
+def blob_id_for(key: str) -> str:
+    """A fixed-length, path-safe name for a key (128 bits of SHA-256)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass
+class Entry:
+    """One cached object."""
+
+    key: str
+    tier: int
+    size: int  # logical (decompressed) bytes
+    blob: BlobMeta
+    version: str  # the origin's ETag, or size and mtime, when the bytes were fetched
+    last_access: float = 0.0
+    hits: int = 0
+    blob_id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.blob_id:
+            self.blob_id = blob_id_for(self.key)
+
+    def pack(self) -> bytes:
+        key = self.key.encode("utf-8", "surrogatepass")
+        flags = (_COMPRESSED if self.blob.compressed else 0) | (_SMALL if self.blob.small else 0)
+        head = _HEAD.pack(
+            self.tier, flags, self.size, self.blob.stored_size, self.blob.checksum,
+            self.blob.ino, self.blob.mtime_ns, self.last_access, min(self.hits, 2**32 - 1),
+            len(key),
+        )  # fmt: skip
+        return head + key + self.version.encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes | memoryview, blob_id: str = "") -> Entry:
+        tier, flags, size, stored, crc, ino, mtime_ns, last, hits, klen = _HEAD.unpack_from(raw)
+        body = bytes(raw[_HEAD.size :])
+        key = body[:klen].decode("utf-8", "surrogatepass")
+        meta = BlobMeta(stored, crc, bool(flags & _COMPRESSED), bool(flags & _SMALL), ino, mtime_ns)
+        return cls(key, tier, size, meta, body[klen:].decode(), last, hits, blob_id)
+
+
+class Index:
+    """LMDB-backed map of blob id -> :class:`Entry`, plus per-tier byte and entry totals."""
+
+    def __init__(self, path: Path, tier_names: list[str]) -> None:
+        ensure_private_dir(path)
+        self.path = path
+        self.tier_names = tier_names
+        self.env = lmdb.open(
+            str(path / "index.lmdb"), subdir=False, map_size=16 * 1024**3, max_dbs=4,
+            max_readers=1024, metasync=False, sync=True, mode=0o600,
+        )  # fmt: skip
+        self.entries = self.env.open_db(b"entries")
+        self.meta = self.env.open_db(b"meta")
+
+    def get(self, key: str) -> Entry | None:
+        blob_id = blob_id_for(key)
+        with self.env.begin(db=self.entries, buffers=True) as txn:
+            raw = txn.get(blob_id.encode())
+            return Entry.unpack(raw, blob_id) if raw is not None else None
+
+    def __iter__(self) -> Iterator[Entry]:
+        with self.env.begin(db=self.entries, buffers=True) as txn:
+            for k, v in txn.cursor():
+                yield Entry.unpack(v, bytes(k).decode())
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per tier: ``entries`` and ``used_bytes`` (stored bytes), as last committed."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"totals")
+        stored = json.loads(raw) if raw else {}
+        return {
+            name: stored.get(name, {"entries": 0, "used_bytes": 0}) for name in self.tier_names
+        }
+
+    def write(self) -> IndexWriter:
+        """A write transaction that keeps the per-tier totals in step with the entries."""
+        return IndexWriter(self)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def abandon(self) -> None:
+        _ABANDONED.append(self.env)
+
+
+class IndexWriter:
+    """Context manager: put/delete entries, commit them with the updated totals atomically."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def __enter__(self) -> IndexWriter:
+        self.txn = self.index.env.begin(write=True)
+        raw = self.txn.get(b"totals", db=self.index.meta)
+        self.totals: dict[str, dict[str, int]] = json.loads(raw) if raw else {}
+        return self
+
+    def _adjust(self, entry: Entry, sign: int) -> None:
+        name = self.index.tier_names[entry.tier]
+        t = self.totals.setdefault(name, {"entries": 0, "used_bytes": 0})
+        t["entries"] += sign
+        t["used_bytes"] += sign * entry.blob.stored_size
+
+    def get(self, blob_id: str) -> Entry | None:
+        raw = self.txn.get(blob_id.encode(), db=self.index.entries)
+        return Entry.unpack(raw, blob_id) if raw is not None else None
+
+    def put(self, entry: Entry) -> None:
+        old = self.get(entry.blob_id)
+        if old is not None:
+            self._adjust(old, -1)
+        self.txn.put(entry.blob_id.encode(), entry.pack(), db=self.index.entries)
+        self._adjust(entry, +1)
+
+    def touch(self, entry: Entry) -> None:
+        """Update access statistics only (no change to totals)."""
+        self.txn.put(entry.blob_id.encode(), entry.pack(), db=self.index.entries)
+
+    def delete(self, blob_id: str) -> Entry | None:
+        old = self.get(blob_id)
+        if old is not None:
+            self.txn.delete(blob_id.encode(), db=self.index.entries)
+            self._adjust(old, -1)
+        return old
+
+    def clear(self) -> None:
+        self.txn.drop(self.index.entries, delete=False)
+        self.totals = {}
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.txn.put(b"totals", json.dumps(self.totals).encode(), db=self.index.meta)
+            self.txn.commit()
+        else:
+            self.txn.abort()

@@ -1,0 +1,252 @@
+"""One tier's bytes on a filesystem: large blobs as files, small ones in an LMDB store.
+
+Every tier, RAM or SSD, is a directory; a RAM tier is simply a directory on a memory-backed
+filesystem (``/dev/shm``), which every process on the node can map and read without asking
+anybody. Large objects are one file each, because LMDB's overflow pages fragment under
+large-value churn; small objects live in the tier's ``small.lmdb`` because one file per 4 KiB
+object costs more in syscalls than the bytes are worth.
+
+Writes are crash-safe: a blob is written under a temporary name, fsynced and renamed into
+place before the index ever points at it; orphans from a killed writer are swept at start.
+Reads verify the checksum recorded at write time, so damaged bytes are reported as
+:class:`CorruptBlobError` (a miss plus a repair upstream), never returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+import lz4.frame
+
+from ..config import TierConfig
+from ..security import ensure_private_dir
+
+_TMP_PREFIX = ".tmp-"
+
+
+class CorruptBlobError(Exception):
+    """A stored blob's bytes no longer match the checksum recorded when it was written."""
+
+
+@dataclass(frozen=True)
+class BlobMeta:
+    """What the index records about a stored blob, to find and verify it later."""
+
+    stored_size: int  # bytes on disk (after compression)
+    checksum: int  # crc32 of the stored bytes
+    compressed: bool
+    small: bool  # lives in small.lmdb rather than a file
+    ino: int = 0  # file identity at write time, for verify = "on-change"
+    mtime_ns: int = 0
+
+
+class TierStore:
+    """Reads and writes blobs of one tier. Safe to use from many processes at once."""
+
+    def __init__(self, config: TierConfig) -> None:
+        self.config = config
+        self.root = config.path
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        for d in (self.root, self.blob_dir, self.tmp_dir):
+            ensure_private_dir(d)
+        self.compress = config.compression == "lz4"
+        self._small: lmdb.Environment | None = None
+        # Shared memory cannot rot and fsync on it is a no-op; on a disk the rename must
+        # not reach the platter before the bytes do.
+        self._durable = not str(self.root).startswith("/dev/shm")
+
+    # -- paths --------------------------------------------------------------------------------
+    def blob_path(self, blob_id: str) -> Path:
+        """Blob ids are hex digests, so no key ever becomes a path (no traversal)."""
+        if len(blob_id) < 3 or not all(c in "0123456789abcdef" for c in blob_id):
+            raise ValueError(f"invalid blob id {blob_id!r}")
+        return self.blob_dir / blob_id[:2] / blob_id
+
+    @property
+    def small(self) -> lmdb.Environment:
+        if self._small is None:
+            map_size = max(256 * 1024**2, 4 * self.config.capacity)
+            self._small = lmdb.open(
+                str(self.root / "small.lmdb"), subdir=False, map_size=map_size,
+                max_readers=1024, sync=self._durable, metasync=False, lock=True, mode=0o600,
+            )  # fmt: skip
+        return self._small
+
+    # -- write ----------------------------------------------------------------------------------
+    def encode(self, data: bytes | memoryview) -> tuple[bytes | memoryview, bool]:
+        """Compress if the tier asks for it and it pays; returns (stored bytes, compressed)."""
+        if self.compress:
+            packed = lz4.frame.compress(data, store_size=True)
+            if len(packed) < len(data):
+                return packed, True
+        return data, False
+
+    def put(self, blob_id: str, data: bytes | memoryview) -> BlobMeta:
+        """Store ``data``; visible under ``blob_id`` only once complete and durable."""
+        stored, compressed = self.encode(data)
+        checksum = zlib.crc32(stored)
+        if len(data) <= self.config.small_object_bytes:
+            with self.small.begin(write=True) as txn:
+                txn.put(blob_id.encode(), stored)
+            return BlobMeta(len(stored), checksum, compressed, small=True)
+        final = self.blob_path(blob_id)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = self.tmp_dir / f"{_TMP_PREFIX}{blob_id}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(stored)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._durable:
+                os.fsync(fd)
+            st = os.fstat(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, final)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return BlobMeta(len(stored), checksum, compressed, False, st.st_ino, st.st_mtime_ns)
+
+    # -- read -----------------------------------------------------------------------------------
+    def get(self, blob_id: str, meta: BlobMeta, *, verify: bool = True) -> bytes:
+        """The whole object's bytes (decompressed), verified against ``meta.checksum``."""
+        if meta.small:
+            with self.small.begin(buffers=True) as txn:
+                view = txn.get(blob_id.encode())
+                if view is None:
+                    raise FileNotFoundError(errno.ENOENT, "blob missing", blob_id)
+                self._check(blob_id, view, meta)
+                return self._decode(view, meta) if meta.compressed else bytes(view)
+        fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if st.st_size != meta.stored_size:
+                raise CorruptBlobError(
+                    f"{self.config.name} blob {blob_id}: {st.st_size} bytes on disk, "
+                    f"{meta.stored_size} expected"
+                )
+            data = _read_exact(fd, meta.stored_size, 0)
+        finally:
+            os.close(fd)
+        if verify or self._changed(st, meta):
+            self._check(blob_id, data, meta)
+        return self._decode(data, meta) if meta.compressed else data
+
+    def get_range(self, blob_id: str, meta: BlobMeta, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the object without reading the rest when uncompressed.
+
+        A range cannot be checked against a whole-blob checksum, so ranged reads check the
+        whole blob the first time its identity is seen (see ``verify``) and trust the
+        filesystem for unchanged files afterwards; compressed blobs are read whole.
+        """
+        if meta.small or meta.compressed:
+            return self.get(blob_id, meta)[start:end]
+        fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if st.st_size != meta.stored_size:
+                raise CorruptBlobError(f"{self.config.name} blob {blob_id}: size changed")
+            if self._changed(st, meta):
+                self._check(blob_id, _read_exact(fd, meta.stored_size, 0), meta)
+            end = min(end, meta.stored_size)
+            return _read_exact(fd, max(0, end - start), start) if end > start else b""
+        finally:
+            os.close(fd)
+
+    def open_fd(self, blob_id: str) -> int:
+        return os.open(self.blob_path(blob_id), os.O_RDONLY)
+
+    def _changed(self, st: os.stat_result, meta: BlobMeta) -> bool:
+        return (st.st_ino, st.st_mtime_ns) != (meta.ino, meta.mtime_ns)
+
+    def _check(self, blob_id: str, data: bytes | memoryview, meta: BlobMeta) -> None:
+        if zlib.crc32(data) != meta.checksum:
+            raise CorruptBlobError(f"{self.config.name} blob {blob_id}: checksum mismatch")
+
+    def _decode(self, data: bytes | memoryview, meta: BlobMeta) -> bytes:
+        try:
+            return lz4.frame.decompress(data)
+        except RuntimeError as exc:
+            raise CorruptBlobError(f"{self.config.name}: lz4 frame damaged: {exc}") from None
+
+    # -- delete and housekeeping ----------------------------------------------------------------
+    def delete(self, blob_id: str, meta: BlobMeta) -> None:
+        if meta.small:
+            with self.small.begin(write=True) as txn:
+                txn.delete(blob_id.encode())
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.blob_path(blob_id).unlink()
+
+    def blob_files(self) -> dict[str, int]:
+        """Every large blob file present: blob id -> size on disk."""
+        found: dict[str, int] = {}
+        for sub in self.blob_dir.iterdir():
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub):
+                with contextlib.suppress(FileNotFoundError):
+                    found[entry.name] = entry.stat(follow_symlinks=False).st_size
+        return found
+
+    def small_ids(self) -> set[str]:
+        with self.small.begin() as txn:
+            return {bytes(k).decode() for k, _ in txn.cursor()}
+
+    def sweep_temporaries(self) -> int:
+        """Remove half-written files a killed writer left behind; returns how many."""
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.name.startswith(_TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def close(self) -> None:
+        if self._small is not None:
+            self._small.close()
+            self._small = None
+
+    def abandon(self) -> None:
+        """After fork: drop handles without closing them (they belong to the parent)."""
+        if self._small is not None:
+            _ABANDONED.append(self._small)
+            self._small = None
+
+
+#: LMDB environments inherited across fork must never be closed (or used) by the child.
+_ABANDONED: list[object] = []
+
+
+def _read_exact(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data
+    # Short reads happen on signals or concurrent truncation; finish or report.
+    parts = [data]
+    got = len(data)
+    while got < size:
+        chunk = os.pread(fd, size - got, offset + got)
+        if not chunk:
+            raise CorruptBlobError(f"blob truncated: {got} of {size} bytes")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
