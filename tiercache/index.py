@@ -90,6 +90,11 @@ class Index:
             raw = txn.get(blob_id.encode())
             return Entry.unpack(raw, blob_id) if raw is not None else None
 
+    def get_by_blob_id(self, blob_id: str) -> Entry | None:
+        with self.env.begin(db=self.entries, buffers=True) as txn:
+            raw = txn.get(blob_id.encode())
+            return Entry.unpack(raw, blob_id) if raw is not None else None
+
     def __iter__(self) -> Iterator[Entry]:
         with self.env.begin(db=self.entries, buffers=True) as txn:
             for k, v in txn.cursor():

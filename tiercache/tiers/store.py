@@ -92,8 +92,13 @@ class TierStore:
     def put(self, blob_id: str, data: bytes | memoryview) -> BlobMeta:
         """Store ``data``; visible under ``blob_id`` only once complete and durable."""
         stored, compressed = self.encode(data)
+        return self.put_encoded(blob_id, stored, compressed, len(data))
+
+    def put_encoded(self, blob_id: str, stored: bytes | memoryview, compressed: bool,
+                    size: int) -> BlobMeta:  # fmt: skip
+        """Store bytes already passed through :meth:`encode` (``size`` is the logical size)."""
         checksum = zlib.crc32(stored)
-        if len(data) <= self.config.small_object_bytes:
+        if size <= self.config.small_object_bytes:
             with self.small.begin(write=True) as txn:
                 txn.put(blob_id.encode(), stored)
             return BlobMeta(len(stored), checksum, compressed, small=True)

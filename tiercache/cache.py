@@ -1,0 +1,426 @@
+"""A process's handle on one node cache: the read path, and the link to the engine.
+
+Every process that opens a cache gets one :class:`Cache` per index directory (see
+:func:`open_cache`). Hits are served right here, from the tiers, with no round trip: look
+the key up in the index, read the blob (one copy), verify its checksum. Misses, hints and
+access records go to the engine, which runs in whichever process holds ``engine.lock``,
+perhaps this one. If the engine's process dies, the next request elects a new one.
+
+Fork safety: a forked child (a DataLoader worker) inherits this object but not the
+engine's threads, and must not touch the parent's LMDB handles, sockets or counter file;
+an at-fork hook resets all of them so the child starts as a plain client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsspec import AbstractFileSystem
+
+from .config import Config
+from .counters import Counters
+from .engine import Engine
+from .index import Entry, Index, blob_id_for
+from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
+from .origin import Origin, OriginError
+from .tiers.store import CorruptBlobError, TierStore
+
+log = logging.getLogger("tiercache")
+
+_ACCESS_BATCH = 256
+_ACCESS_MAX_AGE = 0.1
+
+
+@dataclass
+class Blob:
+    """A located, verified object ready to be read: an entry and the tier that holds it."""
+
+    entry: Entry
+    store: TierStore
+    data: bytes | None = None  # whole bytes when already in hand (small, compressed, fresh)
+
+
+class Cache:
+    """Read path and engine link for one cache directory, in this process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._open()
+        _LIVE.add(self)
+
+    def _open(self) -> None:
+        config = self.config
+        self.pid = os.getpid()
+        self.index = Index(config.index_path, config.tier_names)
+        self.stores = [TierStore(t) for t in config.tiers]
+        self.counters = Counters(config.index_path / "stats")
+        self._always_verify = [t.verify == "always" for t in config.tiers]
+        self._engine: Engine | None = None
+        self._server: EngineServer | None = None
+        self._lock_fd = -1
+        self._link = EngineLink(config.index_path / "engine.sock")
+        self._elect_lock = threading.Lock()
+        self._access: list[list[Any]] = []
+        self._access_since = time.monotonic()
+        self._access_lock = threading.Lock()
+        self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
+        self._validated: dict[str, float] = {}  # key -> when last checked against origin
+
+    # -- the read path ----------------------------------------------------------------------------
+    def locate(self, origin: Origin, path: str) -> Blob:
+        """Find ``path`` in a tier, fetching it on a miss; counts one request.
+
+        Always returns a verified blob or raises: FileNotFoundError for a missing object,
+        OriginError when the origin is unreachable and nothing is cached.
+        """
+        key = origin.key(path)
+        started = time.perf_counter()
+        missed = False  # a remote engine stored it for us: served from a tier, still a miss
+        try:
+            for _ in range(4):
+                entry = self.index.get(key)
+                if entry is not None and (missed or self._fresh(origin, path, key, entry)):
+                    blob = self._open_blob(entry)
+                    if blob is not None:
+                        if missed:
+                            self.counters.add("misses")
+                        else:
+                            self.counters.add("hits", tier=entry.tier)
+                            self._record_access(entry)
+                        return blob
+                    continue  # moved or repaired while we looked: look again
+                blob = self._miss(origin, path, key)
+                missed = True
+                if blob is not None:
+                    self.counters.add("misses")
+                    return blob
+            raise OSError(f"{key}: the cache kept changing under this read; giving up")
+        finally:
+            self.counters.add("data_wait_ns", int((time.perf_counter() - started) * 1e9))
+
+    def read(self, origin: Origin, path: str, start: int | None = None,
+             end: int | None = None) -> bytes:  # fmt: skip
+        """Whole object or ``[start, end)`` (negative values count from the end, as fsspec)."""
+        blob = self.locate(origin, path)
+        size = blob.entry.size
+        s, e = _resolve_range(start, end, size)
+        if blob.data is not None:
+            data = blob.data if (s, e) == (0, size) else blob.data[s:e]
+        else:
+            data = blob.store.get_range(blob.entry.blob_id, blob.entry.blob, s, e)
+        if blob.entry.tier >= 0:  # bytes that bypassed the tiers are counted as origin bytes
+            self.counters.add("bytes_read", len(data), tier=blob.entry.tier)
+        return data
+
+    def _open_blob(self, entry: Entry) -> Blob | None:
+        store = self.stores[entry.tier]
+        try:
+            if entry.blob.small or entry.blob.compressed or self._always_verify[entry.tier]:
+                data = store.get(entry.blob_id, entry.blob, verify=True)
+                return Blob(entry, store, data)
+            # verify = "on-change": the range reader checks identity and re-hashes if needed
+            store.get_range(entry.blob_id, entry.blob, 0, 0)
+            return Blob(entry, store)
+        except FileNotFoundError:
+            return None
+        except CorruptBlobError as exc:
+            log.warning("%s: %s; refetching from the origin", entry.key, exc)
+            self.counters.add("checksum_failures")
+            self.engine_call("invalidate", key=entry.key)
+            return None
+
+    def _fresh(self, origin: Origin, path: str, key: str, entry: Entry) -> bool:
+        """Whether the cached copy may be served under the ``[validation]`` rules."""
+        mode = self.config.validation.mode
+        if mode == "never" or origin.config.offline:
+            return True
+        ttl = self.config.validation.ttl_seconds
+        now = time.monotonic()
+        if mode == "ttl" and now - self._validated.get(key, -1e18) < ttl:
+            return True
+        try:
+            if mode == "always":
+                current: str | None = _version_of(origin, path)
+            else:
+                current = origin.version_from_listing(path, max_age=ttl)
+        except OriginError:
+            return True  # an unreachable origin still serves what is cached
+        except FileNotFoundError:
+            current = None
+        if current == entry.version:
+            self._validated[key] = now
+            return True
+        log.info("%s changed at the origin (%s -> %s); refetching", key, entry.version, current)
+        self.counters.add("stale_refetches")
+        self.engine_call("invalidate", key=key)
+        return False
+
+    def _miss(self, origin: Origin, path: str, key: str) -> Blob | None:
+        engine = self._local_engine()
+        if engine is not None:
+            result = engine.fetch(origin, path)
+            if result.entry is None:
+                entry = _uncached_entry(key, result.data)
+                return Blob(entry, self.stores[0], result.data)
+            self._validated[key] = time.monotonic()
+            return Blob(result.entry, self.stores[result.entry.tier], result.data)
+        reply, payload = self.engine_call(
+            "fetch", _payload=dump_origin(origin.fs), path=origin.strip(path)
+        )
+        self._validated[key] = time.monotonic()
+        if reply["status"] == "uncached":
+            return Blob(_uncached_entry(key, payload), self.stores[0], payload)
+        return None  # cached now: the next look-up finds it
+
+    def _record_access(self, entry: Entry) -> None:
+        engine = self._engine if self.pid == os.getpid() else None
+        if engine is not None:
+            engine.record_access(entry.blob_id, entry.tier, entry.blob.stored_size)
+            return
+        with self._access_lock:
+            self._access.append([entry.blob_id, entry.tier, entry.blob.stored_size])
+            due = (
+                len(self._access) >= _ACCESS_BATCH
+                or time.monotonic() - self._access_since > _ACCESS_MAX_AGE
+            )
+            if not due:
+                return
+            records, self._access = self._access, []
+            self._access_since = time.monotonic()
+        # Access records only steer the policy; losing a batch to an engine hand-over is fine.
+        with contextlib.suppress(EngineUnavailable, OSError):
+            self.engine_call("access", _oneway=True, records=records)
+
+    def flush_access(self) -> None:
+        with self._access_lock:
+            records, self._access = self._access, []
+        if records:
+            with contextlib.suppress(EngineUnavailable, OSError):
+                self.engine_call("access", _oneway=True, records=records)
+
+    # -- hints and warm-up ------------------------------------------------------------------------
+    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
+        stripped = [origin.strip(p) for p in paths]
+        engine = self._local_engine()
+        if engine is not None:
+            engine.hint(origin, stripped)
+        else:
+            self.engine_call("hint", _oneway=True, _payload=dump_origin(origin.fs), paths=stripped)
+
+    # -- the engine: here, or reached over the socket -------------------------------------------
+    def _local_engine(self) -> Engine | None:
+        """The engine if this process runs it (electing this process if nobody does)."""
+        if self.pid != os.getpid():
+            self._after_fork()
+        if self._engine is not None:
+            return self._engine
+        with contextlib.suppress(EngineUnavailable):
+            self._link.request({"op": "ping"})
+            return None
+        self._elect()
+        return self._engine
+
+    def _elect(self) -> None:
+        """Become the engine if nobody holds the lock; otherwise wait until it answers."""
+        with self._elect_lock:
+            if self._engine is not None:
+                return
+            fd = os.open(self.config.index_path / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self._wait_for_engine()
+                return
+            os.set_inheritable(fd, False)
+            self._lock_fd = fd
+            self._engine = Engine(self.config, self.index, self.stores, self.counters)
+            self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
+            log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
+
+    def _wait_for_engine(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(EngineUnavailable):
+                self._link.request({"op": "ping"})
+                return
+            time.sleep(0.02)
+        raise EngineUnavailable(f"the engine for {self.config.index_path} did not start")
+
+    def engine_call(self, op: str, _payload: bytes = b"", _oneway: bool = False,
+                    **fields: Any) -> tuple[dict[str, Any], bytes]:  # fmt: skip
+        """Send one request to the engine, wherever it runs; re-elect if it died."""
+        header = {"op": op, **fields}
+        for attempt in range(5):
+            engine = self._local_engine()
+            if engine is not None:
+                reply = self._serve(header, _payload)
+                return reply if reply is not None else ({"status": "ok"}, b"")
+            try:
+                if _oneway:
+                    self._link.tell(header, _payload)
+                    return {"status": "ok"}, b""
+                reply, payload = self._link.request(header, _payload)
+            except EngineUnavailable:
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            if reply.get("status") == "error":
+                raise _rebuild_error(reply)
+            return reply, payload
+        raise EngineUnavailable(f"no engine answered for {self.config.index_path}")
+
+    def _serve(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
+        """The engine side of :meth:`engine_call`."""
+        engine = self._engine
+        if engine is None:
+            raise EngineUnavailable("this process no longer runs the engine")
+        op = header["op"]
+        if op == "ping":
+            return {"status": "ok", "pid": os.getpid()}, b""
+        if op == "access":
+            for blob_id, tier, size in header["records"]:
+                engine.record_access(blob_id, tier, size)
+            return None
+        if op == "invalidate":
+            engine.invalidate(header["key"])
+            return {"status": "ok"}, b""
+        origin = self._origin_from(payload)
+        if op == "hint":
+            engine.hint(origin, header["paths"])
+            return None
+        if op == "fetch":
+            result = engine.fetch(origin, header["path"])
+            if result.entry is None:
+                return {"status": "uncached"}, result.data
+            return {"status": "cached"}, b""
+        raise ValueError(f"unknown engine request {op!r}")
+
+    def _origin_from(self, payload: bytes) -> Origin:
+        origin = self._origins.get(payload)
+        if origin is None:
+            origin = self.origin_for(load_origin(payload))
+            self._origins[payload] = origin
+        return origin
+
+    def origin_for(self, fs: AbstractFileSystem) -> Origin:
+        return Origin(fs, self.config.origin, self.counters, self.config.validation.ttl_seconds)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop serving as the engine (another process takes over) and release handles."""
+        self.flush_access()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._link.reset()
+
+    def _after_fork(self) -> None:
+        """Runs in a forked child: drop everything that belongs to the parent."""
+        if self.pid == os.getpid():
+            return
+        self.index.abandon()
+        for store in self.stores:
+            store.abandon()
+        self.counters.after_fork()
+        self._link.forget()
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+        if self._server is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._server.sock.detach())
+        self._open()
+
+    @property
+    def is_engine(self) -> bool:
+        return self._engine is not None and self.pid == os.getpid()
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._local_engine()
+
+
+def _version_of(origin: Origin, path: str) -> str:
+    from .origin import object_version
+
+    return object_version(origin.info(path, refresh=True))
+
+
+def _uncached_entry(key: str, data: bytes) -> Entry:
+    from .tiers.store import BlobMeta
+
+    return Entry(key, -1, len(data), BlobMeta(len(data), 0, False, False), "")
+
+
+def _resolve_range(start: int | None, end: int | None, size: int) -> tuple[int, int]:
+    s = 0 if start is None else (max(0, size + start) if start < 0 else min(start, size))
+    e = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+    return s, max(s, e)
+
+
+def _rebuild_error(reply: dict[str, Any]) -> Exception:
+    """Re-raise an engine-side error in the client with its original type where safe."""
+    kinds: dict[str, type[Exception]] = {
+        "FileNotFoundError": FileNotFoundError,
+        "IsADirectoryError": IsADirectoryError,
+        "PermissionError": PermissionError,
+        "OriginError": OriginError,
+        "ValueError": ValueError,
+    }
+    return kinds.get(reply.get("type", ""), OSError)(reply.get("message", "engine error"))
+
+
+# -- one Cache per index directory per process -------------------------------------------------
+_LIVE: weakref.WeakSet[Cache] = weakref.WeakSet()
+_CACHES: dict[Path, Cache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def open_cache(config: Config) -> Cache:
+    """The process-wide :class:`Cache` for ``config``'s index directory."""
+    with _CACHES_LOCK:
+        cache = _CACHES.get(config.index_path)
+        if cache is None:
+            cache = _CACHES[config.index_path] = Cache(config)
+        elif cache.config.tiers != config.tiers:
+            raise ValueError(
+                f"cache at {config.index_path} is already open with different tiers "
+                f"({cache.config.source} vs {config.source}); give each config its own "
+                "index.path"
+            )
+        return cache
+
+
+def close_all() -> None:
+    """Close every cache this process opened (engine hand-over happens on exit too)."""
+    with _CACHES_LOCK:
+        for cache in list(_CACHES.values()):
+            cache.close()
+        _CACHES.clear()
+
+
+def _reset_in_child() -> None:
+    global _CACHES_LOCK
+    _CACHES_LOCK = threading.Lock()
+    for cache in list(_LIVE):
+        with contextlib.suppress(Exception):
+            cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)

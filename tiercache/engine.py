@@ -1,0 +1,488 @@
+"""The engine: the one place per node that decides what is stored where.
+
+Exactly one process per cache directory runs the engine (it holds ``engine.lock``); the
+others send it misses, hints and access records (see ``ipc.py``) and read hits straight from
+the tiers. Keeping all placement in one process makes the hard guarantees simple: capacity
+is counted in one place, N concurrent misses of one key become one origin read (an in-memory
+single-flight table), and policy state is one object per tier — the same objects
+``tiercache simulate`` drives.
+
+Placement rules:
+
+* a miss is admitted into the admission tier (the fastest by default) if its policy agrees;
+* a key evicted from a tier is demoted into the next slower tier, and dropped from the last;
+* a key hit ``promotion.hits`` times in a slower tier moves up one tier;
+* before writing, a tier's budget shrinks to what its disk can hold above ``min_free``;
+  a tier whose disk is full is skipped, never allowed to fail the reader.
+
+Order of writes, so that a SIGKILL at any instant leaves a consistent cache: blob written
+under a temporary name, fsynced, renamed; then the index commit that points at it; then old
+blobs are deleted. At start, orphans (blobs no entry points at, temporaries) and dangling
+entries (entries whose blob is gone) are reconciled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .config import Config
+from .counters import Counters
+from .eviction import EvictionPolicy, policy_from_spec
+from .index import Entry, Index, IndexWriter, blob_id_for
+from .origin import Origin
+from .tiers.store import BlobMeta, CorruptBlobError, TierStore
+
+log = logging.getLogger("tiercache.engine")
+
+
+@dataclass
+class FetchResult:
+    """What a miss produced: the entry it was stored as (None if not admitted) and the bytes."""
+
+    entry: Entry | None
+    data: bytes
+
+
+class Engine:
+    """Placement, promotion, demotion, eviction and single-flight fetch for one cache."""
+
+    def __init__(self, config: Config, index: Index, stores: list[TierStore],
+                 counters: Counters) -> None:  # fmt: skip
+        self.config = config
+        self.index = index
+        self.stores = stores
+        self.counters = counters
+        self.policies: list[EvictionPolicy] = [
+            policy_from_spec(t.eviction, t.capacity) for t in config.tiers
+        ]
+        self.admission_tier = config.tier_names.index(config.admission.tier)
+        self._lock = threading.RLock()  # policies, index writes, promotion bookkeeping
+        self._inflight: dict[str, Future[FetchResult]] = {}
+        self._inflight_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(config.origin.concurrency, config.prefetch.concurrency),
+            thread_name_prefix="tiercache-fetch",
+        )
+        self._promotion_hits: dict[str, int] = {}
+        self._touched: dict[str, float] = {}  # blob id -> last access, flushed in batches
+        self._promote_queue: deque[str] = deque()
+        self._prefetch = Prefetcher(self)
+        self._stop = threading.Event()
+        self.rebuild()
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping, name="tiercache-housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+
+    # -- start-up -----------------------------------------------------------------------------
+    def rebuild(self) -> dict[str, int]:
+        """Reconcile index and tiers after a crash or takeover; refill policy state.
+
+        Entries are replayed oldest access first, so recency-based policies resume in the
+        order they would have had.
+        """
+        report = {"orphan_blobs": 0, "dangling_entries": 0, "temporaries": 0, "evicted": 0}
+        present: list[dict[str, int]] = []
+        small: list[set[str]] = []
+        for store in self.stores:
+            report["temporaries"] += store.sweep_temporaries()
+            present.append(store.blob_files())
+            small.append(store.small_ids())
+        entries = sorted(self.index, key=lambda e: e.last_access)
+        referenced: list[set[str]] = [set() for _ in self.stores]
+        with self._lock, self.index.write() as w:
+            for policy in self.policies:
+                for key in list(policy.resident()):
+                    policy.remove(key)
+            for entry in entries:
+                if entry.tier >= len(self.stores):
+                    w.delete(entry.blob_id)
+                    report["dangling_entries"] += 1
+                    continue
+                where = small[entry.tier] if entry.blob.small else present[entry.tier]
+                ok = entry.blob_id in where
+                if ok and not entry.blob.small:
+                    ok = present[entry.tier][entry.blob_id] == entry.blob.stored_size
+                if not ok:
+                    w.delete(entry.blob_id)
+                    report["dangling_entries"] += 1
+                    continue
+                referenced[entry.tier].add(entry.blob_id)
+                for victim in self.policies[entry.tier].insert(
+                    entry.blob_id, entry.blob.stored_size
+                ):  # the capacity may have shrunk since the last run
+                    old = w.delete(victim)
+                    if old is not None:
+                        self.stores[old.tier].delete(old.blob_id, old.blob)
+                        referenced[old.tier].discard(old.blob_id)
+                        report["evicted"] += 1
+        for tier, store in enumerate(self.stores):
+            for blob_id in present[tier].keys() - referenced[tier]:
+                store.delete(blob_id, BlobMeta(0, 0, False, False))
+                report["orphan_blobs"] += 1
+            for blob_id in small[tier] - referenced[tier]:
+                store.delete(blob_id, BlobMeta(0, 0, False, True))
+                report["orphan_blobs"] += 1
+        if any(report.values()):
+            log.info("reconciled cache at start: %s", report)
+        return report
+
+    # -- misses ---------------------------------------------------------------------------------
+    def fetch(self, origin: Origin, path: str, *, prefetch: bool = False) -> FetchResult:
+        """Read ``path`` from the origin once, however many callers ask at the same time."""
+        key = origin.key(path)
+        with self._inflight_lock:
+            future = self._inflight.get(key)
+            leader = future is None
+            if leader:
+                future = self._inflight[key] = Future()
+        assert future is not None
+        if not leader:
+            self.counters.add("singleflight_waits")
+            return future.result()
+        try:
+            result = self._fetch_and_place(origin, path, key)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._inflight_lock:
+                del self._inflight[key]
+            if not prefetch:
+                self._prefetch.consumed(blob_id_for(key))
+
+    def _fetch_and_place(self, origin: Origin, path: str, key: str) -> FetchResult:
+        current = self.index.get(key)
+        if current is not None:
+            # Someone stored it while we queued (another engine thread, a prefetch).
+            with contextlib.suppress(FileNotFoundError, CorruptBlobError):
+                data = self.stores[current.tier].get(current.blob_id, current.blob)
+                return FetchResult(current, data)
+        data, version = origin.fetch(path)
+        entry = self.admit(key, data, version)
+        return FetchResult(entry, data)
+
+    def admit(self, key: str, data: bytes, version: str) -> Entry | None:
+        """Store fetched bytes by policy; returns the entry, or None if no tier took it."""
+        blob_id = blob_id_for(key)
+        with self._lock:
+            self._drop(blob_id)  # a stale copy in any tier goes first
+            first = self.admission_tier
+            for tier in range(first, len(self.stores)):
+                policy = self.policies[tier]
+                stored, compressed = self.stores[tier].encode(data)
+                if tier == first:
+                    policy.record(blob_id, len(stored))
+                    if not policy.admit(blob_id, len(stored)):
+                        self.counters.add("not_admitted")
+                        return None
+                entry = self._place(tier, key, blob_id, data, stored, compressed, version)
+                if entry is not None:
+                    self.counters.add("admissions", tier=tier)
+                    return entry
+            return None
+
+    def _place(self, tier: int, key: str, blob_id: str, data: bytes,
+               stored: bytes | memoryview, compressed: bool, version: str,
+               hits: int = 0) -> Entry | None:  # fmt: skip
+        """Write one blob into ``tier``, evicting (demoting) what must make room.
+
+        Returns None when the tier's disk cannot take it; the caller tries the next tier.
+        """
+        store, policy = self.stores[tier], self.policies[tier]
+        size = len(stored)
+        if not self._fit_to_disk(tier, size):
+            self.counters.add("bypass_full", tier=tier)
+            return None
+        victims = policy.insert(blob_id, size)
+        if blob_id not in policy:
+            self._settle(tier, victims)
+            return None
+        try:
+            meta = store.put_encoded(blob_id, stored, compressed, len(data))
+        except OSError as exc:
+            policy.remove(blob_id)
+            self._settle(tier, victims)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.counters.add("bypass_full", tier=tier)
+                log.warning("tier %s is out of disk space; skipping it", store.config.name)
+                return None
+            raise
+        entry = Entry(key, tier, len(data), meta, version, time.time(), hits, blob_id)
+        with self.index.write() as w:
+            w.put(entry)
+            deleted = self._evict(w, tier, victims)
+        self._delete_blobs(deleted)
+        return entry
+
+    def _fit_to_disk(self, tier: int, size: int) -> bool:
+        """Shrink the tier's budget to what its filesystem can hold above ``min_free``."""
+        store, policy = self.stores[tier], self.policies[tier]
+        room = store.free_bytes() - store.config.min_free
+        budget = min(store.config.capacity, policy.used + max(0, room))
+        policy.capacity = budget
+        return size <= budget
+
+    def _evict(self, w: IndexWriter, tier: int, victims: list[str]) -> list[tuple[int, Entry]]:
+        """Demote ``victims`` of ``tier`` to the next tier (or drop them from the last).
+
+        Returns the (tier, entry) blobs to delete once the index commit has landed.
+        """
+        to_delete: list[tuple[int, Entry]] = []
+        for victim in victims:
+            entry = w.get(victim)
+            if entry is None or entry.tier != tier:
+                continue
+            to_delete.append((tier, entry))
+            lower = tier + 1
+            moved = None
+            if lower < len(self.stores):
+                moved = self._copy_into(w, entry, lower)
+            if moved is None:
+                w.delete(victim)
+                self.counters.add("evictions", tier=tier)
+            else:
+                self.counters.add("demotions", tier=tier)
+        return to_delete
+
+    def _copy_into(self, w: IndexWriter, entry: Entry, tier: int) -> Entry | None:
+        """Copy an entry's blob into ``tier`` within the open index transaction ``w``."""
+        try:
+            data = self.stores[entry.tier].get(entry.blob_id, entry.blob)
+        except (FileNotFoundError, CorruptBlobError):
+            return None
+        store, policy = self.stores[tier], self.policies[tier]
+        stored, compressed = store.encode(data)
+        if not self._fit_to_disk(tier, len(stored)):
+            self.counters.add("bypass_full", tier=tier)
+            return None
+        victims = policy.insert(entry.blob_id, len(stored))
+        if entry.blob_id not in policy:
+            self._delete_blobs(self._evict(w, tier, victims))
+            return None
+        try:
+            meta = store.put_encoded(entry.blob_id, stored, compressed, len(data))
+        except OSError as exc:
+            policy.remove(entry.blob_id)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.counters.add("bypass_full", tier=tier)
+            return None
+        moved = Entry(entry.key, tier, entry.size, meta, entry.version, entry.last_access,
+                      0, entry.blob_id)  # fmt: skip
+        w.put(moved)
+        self._delete_blobs(self._evict(w, tier, victims))
+        return moved
+
+    def _settle(self, tier: int, victims: list[str]) -> None:
+        if victims:
+            with self.index.write() as w:
+                deleted = self._evict(w, tier, victims)
+            self._delete_blobs(deleted)
+
+    def _delete_blobs(self, blobs: list[tuple[int, Entry]]) -> None:
+        for tier, entry in blobs:
+            self.stores[tier].delete(entry.blob_id, entry.blob)
+
+    def _drop(self, blob_id: str) -> None:
+        """Remove a key from every tier and the index (stale or corrupt copy)."""
+        with self._lock, self.index.write() as w:
+            old = w.delete(blob_id)
+        if old is not None:
+            self.policies[old.tier].remove(blob_id)
+            self.stores[old.tier].delete(blob_id, old.blob)
+
+    def invalidate(self, key: str) -> None:
+        """Forget a key (checksum failure, changed at the origin); the next read refetches."""
+        self._drop(blob_id_for(key))
+
+    # -- hits -----------------------------------------------------------------------------------
+    def record_access(self, blob_id: str, tier: int, size: int) -> None:
+        """A hit in ``tier`` happened somewhere on the node."""
+        with self._lock:
+            policy = self.policies[tier]
+            policy.record(blob_id, size)
+            self._touched[blob_id] = time.time()
+            if tier > 0 and blob_id in policy:
+                hits = self._promotion_hits.get(blob_id, 0) + 1
+                if hits >= self.config.promotion.hits:
+                    self._promotion_hits.pop(blob_id, None)
+                    self._promote_queue.append(blob_id)
+                else:
+                    self._promotion_hits[blob_id] = hits
+        self._prefetch.consumed(blob_id)
+
+    def promote(self, blob_id: str) -> bool:
+        """Move an entry one tier up (copy, commit, delete the old blob)."""
+        with self._lock:
+            entry = self.index.get_by_blob_id(blob_id)
+            if entry is None or entry.tier == 0:
+                return False
+            upper = entry.tier - 1
+            with self.index.write() as w:
+                moved = self._copy_into(w, entry, upper)
+                if moved is None:
+                    return False
+            self.policies[entry.tier].remove(blob_id)
+            self.stores[entry.tier].delete(blob_id, entry.blob)
+            self.counters.add("promotions", tier=entry.tier)
+            return True
+
+    # -- hints ------------------------------------------------------------------------------------
+    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
+        """The consumer's upcoming reads, in order: prefetch them and tell the policies."""
+        keys = [origin.key(p) for p in paths]
+        blob_ids = [blob_id_for(k) for k in keys]
+        with self._lock:
+            for policy in self.policies:
+                policy.hint(blob_ids)
+        self._prefetch.plan(origin, list(paths), keys)
+
+    # -- background -------------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        last_fold = 0.0
+        while not self._stop.wait(0.2):
+            try:
+                while self._promote_queue:
+                    self.promote(self._promote_queue.popleft())
+                self._flush_touched()
+                if time.monotonic() - last_fold > 30:
+                    self.counters.fold_dead()
+                    last_fold = time.monotonic()
+            except Exception:  # the housekeeper must outlive any one bad entry
+                log.exception("engine housekeeping failed; continuing")
+
+    def _flush_touched(self) -> None:
+        """Persist last-access times in one transaction, for the next engine's rebuild."""
+        with self._lock:
+            touched, self._touched = self._touched, {}
+            if not touched:
+                return
+            with self.index.write() as w:
+                for blob_id, when in touched.items():
+                    entry = w.get(blob_id)
+                    if entry is not None:
+                        entry.last_access = when
+                        entry.hits += 1
+                        w.touch(entry)
+
+    def submit(self, fn: object, *args: object) -> Future[object]:
+        return self._pool.submit(fn, *args)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._prefetch.stop()
+        self._housekeeper.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self._flush_touched()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def check(self) -> None:
+        """Policy invariants, and policy state agreeing with the index (tests, verify)."""
+        with self._lock:
+            totals = self.index.totals()
+            for tier, policy in enumerate(self.policies):
+                policy.check()
+                name = self.config.tiers[tier].name
+                if totals[name]["used_bytes"] != policy.used:
+                    raise AssertionError(
+                        f"tier {name}: index says {totals[name]['used_bytes']} bytes, "
+                        f"policy says {policy.used}"
+                    )
+
+
+class Prefetcher:
+    """Fetches hinted keys ahead of the consumer, within a byte budget.
+
+    The budget counts bytes fetched ahead and not yet read; reading a prefetched key gives
+    its bytes back. Keys already cached are skipped, so only what is missing is fetched.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[Origin, str, str]] = deque()
+        self._ahead: dict[str, int] = {}  # blob id -> bytes, fetched ahead and not yet read
+        self._ahead_bytes = 0
+        self._running = 0
+        self._generation = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def budget(self) -> int:
+        engine = self.engine
+        admission = engine.config.tiers[engine.admission_tier].capacity
+        return min(engine.config.prefetch.depth_bytes, max(1, admission // 2))
+
+    def plan(self, origin: Origin, paths: list[str], keys: list[str]) -> None:
+        with self._cond:
+            self._generation += 1
+            wasted = len(self._ahead)
+            if wasted:
+                self.engine.counters.add("prefetch_wasted", wasted)
+            self._ahead.clear()
+            self._ahead_bytes = 0
+            self._queue = deque(zip([origin] * len(paths), paths, keys, strict=True))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tiercache-prefetch", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def consumed(self, blob_id: str) -> None:
+        with self._cond:
+            size = self._ahead.pop(blob_id, None)
+            if size is not None:
+                self._ahead_bytes -= size
+                self.engine.counters.add("prefetch_used")
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        limit = self.engine.config.prefetch.concurrency
+        while True:
+            with self._cond:
+                while not self._stopped and (
+                    not self._queue or self._running >= limit or self._ahead_bytes >= self.budget
+                ):
+                    self._cond.wait(0.5)
+                if self._stopped:
+                    return
+                origin, path, key = self._queue.popleft()
+                generation = self._generation
+                if blob_id_for(key) in self._ahead or self.engine.index.get(key) is not None:
+                    continue
+                self._running += 1
+            self.engine.submit(self._fetch_one, origin, path, key, generation)
+
+    def _fetch_one(self, origin: Origin, path: str, key: str, generation: int) -> None:
+        size = 0
+        try:
+            self.engine.counters.add("prefetch_issued")
+            result = self.engine.fetch(origin, path, prefetch=True)
+            size = len(result.data) if result.entry is not None else 0
+        except Exception as exc:  # a failed prefetch is only a lost optimisation
+            log.debug("prefetch of %s failed: %s", path, exc)
+        finally:
+            with self._cond:
+                self._running -= 1
+                if size and generation == self._generation:
+                    self._ahead[blob_id_for(key)] = size
+                    self._ahead_bytes += size
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()

@@ -1,0 +1,283 @@
+"""``tiercache``: the fsspec filesystem users read through.
+
+    fsspec.open("tiercache::s3://bucket/shard-00017.bin", tiercache={"config": "training"})
+    TierCacheFileSystem(target_protocol="s3", target_options={...}, config="my.toml")
+
+Reads go through the node's tiers (``cache.py``); listings and metadata come from the
+origin, cached for the validation TTL. The read path from here downwards:
+``TierCacheFileSystem.cat_file`` -> ``Cache.read`` -> ``Cache.locate`` -> index look-up ->
+``TierStore.get_range`` (hit) or ``Engine.fetch`` -> ``Origin.fetch`` (miss).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.chained import ChainedFileSystem
+
+from .cache import Blob, Cache, open_cache
+from .config import Config, load_config
+from .origin import OriginError
+
+
+class TierCacheFileSystem(ChainedFileSystem):
+    """A read-only view of an origin filesystem, served through the node's cache tiers."""
+
+    protocol = "tiercache"
+
+    def __init__(self, config: Config | dict[str, Any] | str | os.PathLike[str] | None = None,
+                 target_protocol: str | None = None, target_options: dict[str, Any] | None = None,
+                 fs: AbstractFileSystem | None = None, **kwargs: Any) -> None:  # fmt: skip
+        kwargs.pop("fo", None)  # the chained URL's path; we are handed paths per call instead
+        super().__init__(**kwargs)
+        if fs is not None and target_protocol is not None:
+            raise ValueError("give either fs= or target_protocol=, not both")
+        if fs is None:
+            if target_protocol is None:
+                raise ValueError(
+                    "tiercache needs an origin: target_protocol='s3' (with target_options) "
+                    "or fs=<an fsspec filesystem>, or a chained URL 'tiercache::s3://bucket/key'"
+                )
+            fs = fsspec.filesystem(target_protocol, **_origin_options(target_protocol,
+                                                                      target_options))
+        self.fs = fs
+        self.config = load_config(config)
+        self.cache: Cache = open_cache(self.config)
+        self.origin = self.cache.origin_for(fs)
+        target = fs
+
+        def _strip_protocol(path: Any) -> str:
+            # Instance-level, as fsspec's own caching layers do: strip ours, then the origin's.
+            path = fsspec.utils.stringify_path(path)
+            if path.startswith("tiercache://"):
+                path = path[len("tiercache://") :]
+            if "::" in path:
+                path = path.rsplit("::", 1)[-1]
+            return target._strip_protocol(path)
+
+        self._strip_protocol: Callable[[Any], str] = _strip_protocol  # type: ignore[assignment]
+
+    # -- reading ----------------------------------------------------------------------------------
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                 **kwargs: Any) -> bytes:  # fmt: skip
+        return self.cache.read(self.origin, self._strip_protocol(path), start, end)
+
+    def cat(self, path: str | list[str], recursive: bool = False, on_error: str = "raise",
+            **kwargs: Any) -> bytes | dict[str, Any]:  # fmt: skip
+        paths = self.expand_path(path, recursive=recursive)
+        single = isinstance(path, str) and len(paths) == 1 and not _has_magic(path)
+        if single:
+            return self.cat_file(paths[0])
+        self.warm(paths, progress=False, on_error="omit")
+        out: dict[str, Any] = {}
+        for p in paths:
+            try:
+                out[p] = self.cat_file(p)
+            except Exception as exc:
+                if on_error == "raise":
+                    raise
+                if on_error == "return":
+                    out[p] = exc
+        return out
+
+    def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
+              autocommit: bool = True, cache_options: dict[str, Any] | None = None,
+              **kwargs: Any) -> TierCacheFile:  # fmt: skip
+        if mode != "rb":
+            raise PermissionError(
+                f"tiercache is read-only: cannot open {path!r} with mode {mode!r}; "
+                "write to the origin directly"
+            )
+        path = self._strip_protocol(path)
+        return TierCacheFile(self, path, self.cache.locate(self.origin, path))
+
+    # -- metadata: from the origin, through brief listing caches ----------------------------------
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path)
+        try:
+            listing = self.origin.ls(path, max_age=0 if kwargs.get("refresh") else None)
+        except (NotADirectoryError, FileNotFoundError):
+            info = self.info(path)
+            if info["type"] != "file":
+                raise
+            listing = [info]
+        if not listing:
+            # Object stores list a file as itself or as nothing; fsspec expects [info].
+            info = self.info(path)
+            listing = [info] if info["type"] == "file" else []
+        return listing if detail else [i["name"] for i in listing]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        parent = posixpath.dirname(path.rstrip("/"))
+        try:
+            if parent and parent != path:
+                for item in self.origin.ls(parent):
+                    if self.origin.strip(item["name"]).rstrip("/") == path.rstrip("/"):
+                        return item
+            return self.origin.call("info", path, lambda: self.fs.info(path))
+        except (OriginError, FileNotFoundError):
+            entry = self.cache.index.get(self.origin.key(path))
+            if entry is None:
+                raise
+            # Unreachable or stale-listed origin: what we cached is what we know.
+            return {"name": path, "size": entry.size, "type": "file", "cached": True}
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        self.origin.forget_listings()
+        self.fs.invalidate_cache(path)
+
+    # -- writes: refused --------------------------------------------------------------------------
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError("tiercache is read-only; write to the origin directly")
+
+    rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse  # type: ignore[assignment]
+
+    # -- cache control ----------------------------------------------------------------------------
+    def hint(self, paths: Sequence[str]) -> None:
+        """Tell the cache the order of upcoming reads: it prefetches them, and clairvoyant
+        eviction (``belady``) plans with them."""
+        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths])
+
+    def warm(self, paths: Iterable[str], *, progress: bool = True, on_error: str = "raise",
+             concurrency: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """Fetch ``paths`` into the cache concurrently; returns {"objects", "bytes", "errors"}."""
+        from tqdm import tqdm
+
+        targets = [self._strip_protocol(p) for p in paths]
+        workers = concurrency or self.config.origin.concurrency
+        done = {"objects": 0, "bytes": 0, "errors": {}}
+        bar = tqdm(total=len(targets), unit="obj", disable=not progress, desc="warming")
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiercache-warm") as pool:
+            futures = {pool.submit(self.cache.locate, self.origin, p): p for p in targets}
+            for future in as_completed(futures):
+                bar.update(1)
+                try:
+                    blob: Blob = future.result()
+                except Exception as exc:
+                    if on_error == "raise":
+                        for f in futures:
+                            f.cancel()
+                        raise
+                    done["errors"][futures[future]] = f"{type(exc).__name__}: {exc}"
+                    continue
+                done["objects"] += 1
+                done["bytes"] += blob.entry.size
+                bar.set_postfix_str(f"{done['bytes'] / 2**20:.0f} MiB", refresh=False)
+        bar.close()
+        self.cache.flush_access()
+        return done
+
+    def stats(self) -> dict[str, Any]:
+        """Node-wide totals: per tier hits, misses, entries, bytes; origin reads and bytes."""
+        from .stats import collect
+
+        return collect(self.cache)
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _origin_options(protocol: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """s3fs reads AWS_ENDPOINT_URL itself only in new botocore; make it explicit."""
+    options = dict(options or {})
+    if protocol in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+        client_kwargs = dict(options.get("client_kwargs") or {})
+        if "endpoint_url" not in options and "endpoint_url" not in client_kwargs:
+            options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    return options
+
+
+class TierCacheFile(io.RawIOBase):
+    """A read-only, seekable file over one cached object.
+
+    The blob was located and verified when the file was opened; reads go straight to it
+    with ``pread`` (one copy) or slice bytes already in hand. Holding the descriptor keeps
+    the bytes readable even if the engine evicts the object meanwhile.
+    """
+
+    def __init__(self, fs: TierCacheFileSystem, path: str, blob: Blob) -> None:
+        super().__init__()
+        self.fs = fs
+        self.path = path
+        self.mode = "rb"
+        self.size = blob.entry.size
+        self._blob = blob
+        self._pos = 0
+        self._fd = -1
+        self._data = memoryview(blob.data) if blob.data is not None else None
+        if self._data is None:
+            self._fd = blob.store.open_fd(blob.entry.blob_id)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset} in {self.path}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed file {self.path}")
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        if end <= self._pos:
+            return b""
+        if self._data is not None:
+            data = bytes(self._data[self._pos : end])
+        else:
+            data = os.pread(self._fd, end - self._pos, self._pos)
+        self._pos += len(data)
+        tier = self._blob.entry.tier
+        if tier >= 0:
+            self.fs.cache.counters.add("bytes_read", len(data), tier=tier)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self.size, self._pos + len(view))
+        n = max(0, end - self._pos)
+        if n == 0:
+            return 0
+        if self._data is not None:
+            view[:n] = self._data[self._pos : end]
+        else:
+            n = os.preadv(self._fd, [view[:n]], self._pos)
+        self._pos += n
+        return n
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.path, "size": self.size, "type": "file"}
+
+    def close(self) -> None:
+        if not self.closed and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._data = None
+        super().close()
+
+    def __enter__(self) -> TierCacheFile:
+        return self

@@ -1,0 +1,169 @@
+"""How client processes talk to the engine: length-prefixed messages on a Unix socket.
+
+A message is a JSON header plus an optional binary payload (bytes of an object the engine
+read but did not store, or a pickled origin filesystem). Only the node's own user can
+connect: the socket lives in the private index directory with mode 0600.
+
+Requests (``op``):
+
+* ``fetch``  {origin, path}         -> {status: "cached" | "uncached" + payload | "error"}
+* ``access`` {records: [[blob_id, tier, size], ...]}   one way, batched
+* ``hint``   {origin, paths}                            one way
+* ``invalidate`` {key}                -> {status: "ok"}
+* ``ping``                            -> {status: "ok", pid}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tiercache.ipc")
+_FRAME = struct.Struct("<IQ")  # header length, payload length
+
+
+class EngineUnavailable(ConnectionError):
+    """No engine answered on the socket (it exited, or none has started yet)."""
+
+
+def send(sock: socket.socket, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+    head = json.dumps(header).encode()
+    sock.sendall(_FRAME.pack(len(head), len(payload)) + head)
+    if payload:
+        sock.sendall(payload)
+
+
+def recv(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
+    head_len, payload_len = _FRAME.unpack(_recv_exact(sock, _FRAME.size))
+    header = json.loads(_recv_exact(sock, head_len))
+    payload = _recv_exact(sock, payload_len) if payload_len else b""
+    return header, payload
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EngineUnavailable("engine closed the connection")
+        got += k
+    return bytes(buf)
+
+
+class EngineServer:
+    """Accepts client connections and hands each request to ``handle`` in its own thread."""
+
+    def __init__(self, path: Path,
+                 handle: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None]
+                 ) -> None:  # fmt: skip
+        self.path = path
+        self.handle = handle
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a dead engine's socket; we hold the engine lock, so nobody serves it
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o600)
+        self.sock.listen(128)
+        self._closed = False
+        threading.Thread(target=self._accept, name="tiercache-engine", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    header, payload = recv(conn)
+                except (EngineUnavailable, OSError, ValueError):
+                    return
+                try:
+                    reply = self.handle(header, payload)
+                except Exception as exc:  # report to the client, keep serving others
+                    reply = ({"status": "error", "type": type(exc).__name__,
+                              "message": str(exc)}, b"")  # fmt: skip
+                if reply is not None:
+                    try:
+                        send(conn, *reply)
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class EngineLink:
+    """A client's connections to the engine: one per thread, so requests never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def _sock(self) -> socket.socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.path))
+            except OSError as exc:
+                sock.close()
+                raise EngineUnavailable(f"no engine at {self.path}: {exc}") from None
+            self._local.sock = sock
+        return sock
+
+    def request(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        try:
+            sock = self._sock()
+            send(sock, header, payload)
+            return recv(sock)
+        except (OSError, EngineUnavailable) as exc:
+            self.reset()
+            raise EngineUnavailable(str(exc)) from None
+
+    def tell(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """A one-way message (access records, hints)."""
+        try:
+            send(self._sock(), header, payload)
+        except (OSError, EngineUnavailable) as exc:
+            self.reset()
+            raise EngineUnavailable(str(exc)) from None
+
+    def reset(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        self._local.sock = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def forget(self) -> None:
+        """After fork: the parent's sockets must not be used (or closed) by the child."""
+        self._local = threading.local()
+
+
+def dump_origin(fs: Any) -> bytes:
+    """An origin filesystem as bytes the engine can rebuild it from (fsspec pickles by args)."""
+    return pickle.dumps(fs)
+
+
+def load_origin(blob: bytes) -> Any:
+    return pickle.loads(blob)  # noqa: S301 - only our own user can reach the socket

@@ -1,0 +1,75 @@
+"""Node-wide statistics of a cache, as ``fs.stats()``, ``tiercache stats`` and metrics show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cache import Cache
+from .counters import ORIGIN_BUCKETS, slot
+
+
+def collect(cache: Cache) -> dict[str, Any]:
+    """Sum every process's counters and the index's totals into one report.
+
+    A tier's ``misses`` are the requests that reached it and were not answered there, so
+    hit ratios read naturally per tier: the RAM tier's misses include the SSD tier's hits.
+    """
+    counts = cache.counters.snapshot()
+    totals = cache.index.totals()
+    requests = sum(counts[slot("hits", t)] for t in range(len(cache.stores)))
+    requests += counts[slot("misses")]
+    tiers: dict[str, Any] = {}
+    reached = requests
+    for t, tier in enumerate(cache.config.tiers):
+        hits = counts[slot("hits", t)]
+        misses = reached - hits
+        tiers[tier.name] = {
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": hits / reached if reached else 0.0,
+            "entries": totals[tier.name]["entries"],
+            "used_bytes": totals[tier.name]["used_bytes"],
+            "capacity_bytes": tier.capacity,
+            "bytes_read": counts[slot("bytes_read", t)],
+            "admissions": counts[slot("admissions", t)],
+            "evictions": counts[slot("evictions", t)],
+            "demotions": counts[slot("demotions", t)],
+            "promotions": counts[slot("promotions", t)],
+            "bypass_full": counts[slot("bypass_full", t)],
+        }
+        reached = misses
+    hits_total = requests - counts[slot("misses")]
+
+    def g(name: str) -> int:
+        return counts[slot(name)]
+
+    return {
+        "requests": requests,
+        "hits": hits_total,
+        "misses": g("misses"),
+        "hit_ratio": hits_total / requests if requests else 0.0,
+        "tiers": tiers,
+        "origin": {
+            "reads": g("origin_reads"),
+            "bytes": g("origin_bytes"),
+            "errors": g("origin_errors"),
+            "retries": g("origin_retries"),
+            "heads": g("origin_heads"),
+            "lists": g("origin_lists"),
+            "seconds": g("origin_seconds_ns") / 1e9,
+            "latency_buckets": {
+                str(b): counts[slot(f"origin_bucket:{i}")] for i, b in enumerate(ORIGIN_BUCKETS)
+            }
+            | {"+Inf": counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]},
+        },
+        "prefetch": {
+            "issued": g("prefetch_issued"),
+            "used": g("prefetch_used"),
+            "wasted": g("prefetch_wasted"),
+        },
+        "not_admitted": g("not_admitted"),
+        "singleflight_waits": g("singleflight_waits"),
+        "checksum_failures": g("checksum_failures"),
+        "stale_refetches": g("stale_refetches"),
+        "data_wait_seconds": g("data_wait_ns") / 1e9,
+    }
