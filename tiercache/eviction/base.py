@@ -78,7 +78,7 @@ class EvictionPolicy(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
-    def hint(self, upcoming: Sequence[Key]) -> None:
+    def hint(self, upcoming: Sequence[Key]) -> None:  # noqa: B027 - optional hook
         """Future accesses in order (the sampler's plan). Only clairvoyant algorithms use it."""
 
     def resident(self) -> Iterable[Key]:

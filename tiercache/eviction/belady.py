@@ -1,0 +1,183 @@
+"""Belady's MIN: evict the resident key whose next use lies furthest in the future.
+
+Belady, "A study of replacement algorithms for a virtual-storage computer", IBM Systems
+Journal 5(2), 1966. With the future known it is the optimum for equal-sized keys and the
+yardstick for every other algorithm. Training knows its future: the sampler fixes each
+epoch's order in advance, and the torch integration passes it to :meth:`Belady.hint`; in
+``tiercache simulate`` the whole trace is the future.
+
+Keys with no known next use (never again, or beyond the hinted horizon) are evicted first,
+least recently used first. While no hint covers the current access (none given yet, or the
+plan ran out) the decisions are delegated to the ``fallback`` algorithm (default ``"lru"``),
+which shadows the resident set all along so that it can take over at any point.
+
+Like libCacheSim's ``Belady``, a missed key is always admitted and the victim chosen among the
+others (``bypass=False``); sizes do not enter the choice (byte-weighted MIN is NP-hard; this is
+the usual heuristic). ``bypass=True`` is the textbook MIN instead: a key whose next use is
+later than every resident's is not admitted, which is never worse for equal sizes.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .base import EvictionPolicy, Key, PolicyInvariantError
+
+#: The next-use time of a key with no known future access.
+NEVER = 1 << 62
+
+
+class Belady(EvictionPolicy):
+    name = "belady"
+
+    def __init__(self, capacity: int, fallback: str = "lru", bypass: bool = False) -> None:
+        super().__init__(capacity)
+        from . import create_policy  # the registry imports this module
+
+        if fallback == self.name:
+            raise ValueError("belady cannot be its own fallback")
+        self.fallback = fallback
+        self.bypass = bypass
+        self._shadow = create_policy(fallback, capacity)
+        self._sizes: dict[Key, int] = {}
+        self._next: dict[Key, int] = {}  # resident key -> next use
+        self._stamp: dict[Key, int] = {}  # resident key -> time of its last access
+        self._heap: list[tuple[int, int, Key]] = []  # (-next use, stamp, key), lazily pruned
+        self._future: dict[Key, deque[int]] = {}
+        self._now = 0  # time of the next access to be recorded
+        self._horizon = 0  # hints cover accesses before this time
+        self._planned = False  # whether a hint covers the access last recorded
+
+    # -- hints -------------------------------------------------------------------------------
+    def hint(self, upcoming: Sequence[Key]) -> None:
+        """Replace the plan: ``upcoming[i]`` is the key of the i-th access from now."""
+        future: dict[Key, deque[int]] = {}
+        base = self._now
+        for offset, key in enumerate(upcoming):
+            times = future.get(key)
+            if times is None:
+                future[key] = deque((base + offset,))
+            else:
+                times.append(base + offset)
+        self._future = future
+        self._horizon = base + len(upcoming)
+        self._heap = []
+        for key in self._sizes:
+            self._push(key, self._next_use(key))
+
+    def _next_use(self, key: Key) -> int:
+        times = self._future.get(key)
+        if times is None:
+            return NEVER
+        now = self._now
+        while times and times[0] < now:
+            times.popleft()
+        if not times:
+            del self._future[key]
+            return NEVER
+        return times[0]
+
+    def _push(self, key: Key, next_use: int) -> None:
+        stamp = self._stamp[key]
+        self._next[key] = next_use
+        heapq.heappush(self._heap, (-next_use, stamp, key))
+        if len(self._heap) > 4 * len(self._sizes) + 1024:
+            # Too many stale entries: rebuild from the live ones.
+            self._heap = [(-self._next[k], self._stamp[k], k) for k in self._sizes]
+            heapq.heapify(self._heap)
+
+    def _furthest(self) -> Key:
+        heap = self._heap
+        while True:
+            neg_next, stamp, key = heap[0]
+            if self._stamp.get(key) == stamp and self._next[key] == -neg_next:
+                return key
+            heapq.heappop(heap)
+
+    # -- the policy --------------------------------------------------------------------------
+    def record(self, key: Key, size: int) -> bool:
+        now = self._now
+        self._planned = now < self._horizon
+        self._now = now + 1
+        self._shadow.record(key, size)
+        if key not in self._sizes:
+            return False
+        self._stamp[key] = now
+        self._push(key, self._next_use(key))
+        return True
+
+    def admit(self, key: Key, size: int) -> bool:
+        if not self._planned:
+            return self._shadow.admit(key, size)
+        if size > self.capacity:
+            return False
+        if not self.bypass or self.used + size <= self.capacity or not self._sizes:
+            return True
+        return self._next_use(key) < self._next[self._furthest()]
+
+    def insert(self, key: Key, size: int) -> list[Key]:
+        self.remove(key)
+        if size > self.capacity:
+            return []
+        if not self._planned:
+            evicted = self._shadow.insert(key, size)
+            for victim in evicted:
+                self._forget(victim)
+            if key in self._shadow:
+                self._add(key, size)
+            return evicted
+        evicted = []
+        while self.used + size > self.capacity:
+            victim = self._furthest()
+            self._forget(victim)
+            self._shadow.remove(victim)
+            evicted.append(victim)
+        self._add(key, size)
+        # The shadow has room for the key, but may still drop keys by its own rules.
+        for victim in self._shadow.insert(key, size):
+            if victim != key:
+                self._forget(victim)
+                evicted.append(victim)
+        return evicted
+
+    def _add(self, key: Key, size: int) -> None:
+        self._sizes[key] = size
+        self.used += size
+        self._stamp[key] = self._now - 1
+        self._push(key, self._next_use(key))
+
+    def _forget(self, key: Key) -> None:
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            self.used -= size
+            del self._next[key]
+            del self._stamp[key]
+
+    def remove(self, key: Key) -> None:
+        self._forget(key)
+        self._shadow.remove(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def resident(self) -> Iterable[Key]:
+        return self._sizes.keys()
+
+    def params(self) -> dict[str, Any]:
+        return {"fallback": self.fallback, "bypass": self.bypass}
+
+    def check(self) -> None:
+        super().check()
+        if sum(self._sizes.values()) != self.used:
+            raise PolicyInvariantError("belady: resident sizes do not sum to used bytes")
+        if self._next.keys() != self._sizes.keys() or self._stamp.keys() != self._sizes.keys():
+            raise PolicyInvariantError("belady: next-use bookkeeping and residents disagree")
+        if not set(self._shadow.resident()) <= self._sizes.keys():
+            raise PolicyInvariantError(f"belady: the {self.fallback} shadow holds extra keys")
+        self._shadow.check()
