@@ -48,6 +48,9 @@ class Blob:
     entry: Entry
     store: TierStore
     data: bytes | None = None  # whole bytes when already in hand (small, compressed, fresh)
+    #: Fetched from the origin for this request: its bytes count as origin bytes, not as
+    #: bytes a tier served, so ``bytes_read`` per tier says what the cache itself delivered.
+    missed: bool = False
 
 
 class Cache:
@@ -94,6 +97,7 @@ class Cache:
                     if blob is not None:
                         if missed:
                             self.counters.add("misses")
+                            blob.missed = True
                         else:
                             self.counters.add("hits", tier=entry.tier)
                             self._record_access(entry)
@@ -103,6 +107,7 @@ class Cache:
                 missed = True
                 if blob is not None:
                     self.counters.add("misses")
+                    blob.missed = True
                     return blob
             raise OSError(f"{key}: the cache kept changing under this read; giving up")
         finally:
@@ -118,7 +123,7 @@ class Cache:
             data = blob.data if (s, e) == (0, size) else blob.data[s:e]
         else:
             data = blob.store.get_range(blob.entry.blob_id, blob.entry.blob, s, e)
-        if blob.entry.tier >= 0:  # bytes that bypassed the tiers are counted as origin bytes
+        if blob.entry.tier >= 0 and not blob.missed:  # a miss's bytes count as origin bytes
             self.counters.add("bytes_read", len(data), tier=blob.entry.tier)
         return data
 
@@ -294,6 +299,10 @@ class Cache:
         if op == "invalidate":
             engine.invalidate(header["key"])
             return {"status": "ok"}, b""
+        if op == "verify":
+            return {"status": "ok", "report": engine.verify(bool(header.get("repair")))}, b""
+        if op == "clear":
+            return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
         origin = self._origin_from(payload)
         if op == "hint":
             engine.hint(origin, header["paths"])

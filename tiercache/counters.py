@@ -32,6 +32,7 @@ PER_TIER = (
     "promotions",  # entries moved from this tier to the next faster one
     "admissions",  # misses stored into this tier
     "bypass_full",  # admissions skipped because the disk was full
+    "invalidations",  # entries dropped because they were stale or corrupt
 )
 #: Counters kept once per node.
 GLOBAL = (
@@ -51,7 +52,20 @@ GLOBAL = (
     "checksum_failures",
     "stale_refetches",  # cached objects found changed at the origin
     "data_wait_ns",  # time consumers spent waiting for bytes
+    # One slot per origin request attempt by operation and outcome (``origin_request_slot``).
+    "origin_get_ok",
+    "origin_get_not_found",
+    "origin_get_error",
+    "origin_head_ok",
+    "origin_head_not_found",
+    "origin_head_error",
+    "origin_list_ok",
+    "origin_list_not_found",
+    "origin_list_error",
 )
+#: Origin request operations and outcomes the ``origin_<op>_<status>`` slots cover.
+ORIGIN_OPS = ("get", "head", "list")
+ORIGIN_STATUSES = ("ok", "not_found", "error")
 #: Histogram buckets of origin read latency (seconds, upper bounds; +Inf is implied).
 ORIGIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -177,11 +177,14 @@ class Engine:
         blob_id = blob_id_for(key)
         with self._lock:
             self._drop(blob_id)  # a stale copy in any tier goes first
-            first = self.admission_tier
-            for tier in range(first, len(self.stores)):
+            asked = False
+            for tier in range(self.admission_tier, len(self.stores)):
                 policy = self.policies[tier]
                 stored, compressed = self.stores[tier].encode(data)
-                if tier == first:
+                if len(stored) > self.config.tiers[tier].capacity:
+                    continue  # too big for this tier at any time: the next one may hold it
+                if not asked:  # the admission policy of the first tier that could hold it
+                    asked = True
                     policy.record(blob_id, len(stored))
                     if not policy.admit(blob_id, len(stored)):
                         self.counters.add("not_admitted")
@@ -299,12 +302,103 @@ class Engine:
         with self._lock, self.index.write() as w:
             old = w.delete(blob_id)
         if old is not None:
+            self.counters.add("invalidations", tier=old.tier)
             self.policies[old.tier].remove(blob_id)
             self.stores[old.tier].delete(blob_id, old.blob)
 
     def invalidate(self, key: str) -> None:
         """Forget a key (checksum failure, changed at the origin); the next read refetches."""
         self._drop(blob_id_for(key))
+
+    # -- maintenance ------------------------------------------------------------------------------
+    def verify(self, repair: bool = False) -> dict[str, object]:
+        """Check every entry's blob (present, right size, right checksum), the per-tier totals,
+        files no entry points at, and policy state; with ``repair``, fix what is wrong.
+
+        Repair never loses anything the origin cannot give back: bad entries are dropped
+        (the next read refetches them), orphans deleted, totals recomputed.
+        """
+        with self._lock:
+            problems: list[str] = []
+            bad: list[Entry] = []
+            sums = {name: {"entries": 0, "used_bytes": 0} for name in self.config.tier_names}
+            entries = list(self.index)
+            for entry in entries:
+                if entry.tier >= len(self.stores):
+                    problems.append(f"{entry.key}: entry points at unknown tier {entry.tier}")
+                    bad.append(entry)
+                    continue
+                try:
+                    self.stores[entry.tier].get(entry.blob_id, entry.blob, verify=True)
+                except (FileNotFoundError, CorruptBlobError) as exc:
+                    problems.append(f"{entry.key}: {type(exc).__name__}: {exc}")
+                    bad.append(entry)
+                    continue
+                t = sums[self.config.tier_names[entry.tier]]
+                t["entries"] += 1
+                t["used_bytes"] += entry.blob.stored_size
+            totals = self.index.totals()
+            for name, counted in sums.items():
+                if totals[name] != counted:
+                    problems.append(f"tier {name}: index totals {totals[name]} != {counted}")
+            files_on_disk = {}
+            for tier, store in enumerate(self.stores):
+                name = self.config.tier_names[tier]
+                on_disk = store.blob_files()
+                known = {e.blob_id for e in entries if e.tier == tier and not e.blob.small}
+                orphans = on_disk.keys() - known
+                if orphans:
+                    problems.append(f"tier {name}: {len(orphans)} blob file(s) with no entry")
+                files_on_disk[name] = sum(on_disk.values())
+                if sums[name]["used_bytes"] > store.config.capacity:
+                    problems.append(f"tier {name}: {sums[name]['used_bytes']} bytes used, "
+                                    f"capacity {store.config.capacity}")  # fmt: skip
+            try:
+                self.check()
+            except AssertionError as exc:
+                problems.append(f"policy state: {exc}")
+            repaired = False
+            if repair and problems:
+                with self.index.write() as w:
+                    for entry in bad:
+                        w.delete(entry.blob_id)
+                    w.totals = {}
+                    for entry in self.index_entries_in(w):
+                        w._adjust(entry, +1)
+                self.rebuild()
+                repaired = True
+            return {
+                "ok": not problems,
+                "entries": len(entries),
+                "problems": problems,
+                "repaired": repaired,
+                "tiers": {
+                    name: {**sums[name], "blob_file_bytes": files_on_disk[name]}
+                    for name in self.config.tier_names
+                },
+            }
+
+    def index_entries_in(self, w: IndexWriter) -> list[Entry]:
+        """Entries as the open write transaction ``w`` sees them."""
+        return [Entry.unpack(v, bytes(k).decode())
+                for k, v in w.txn.cursor(db=self.index.entries)]  # fmt: skip
+
+    def clear(self, tier: str | None = None) -> dict[str, int]:
+        """Drop every entry (of one tier, or all); the origin still has everything."""
+        with self._lock:
+            dropped = {"entries": 0, "bytes": 0}
+            names = self.config.tier_names
+            targets = {names.index(self.config.tier(tier).name)} if tier else set(range(len(names)))
+            victims = [e for e in self.index if e.tier in targets]
+            with self.index.write() as w:
+                for entry in victims:
+                    w.delete(entry.blob_id)
+            for entry in victims:
+                self.policies[entry.tier].remove(entry.blob_id)
+                self.stores[entry.tier].delete(entry.blob_id, entry.blob)
+                dropped["entries"] += 1
+                dropped["bytes"] += entry.blob.stored_size
+            return dropped
 
     # -- hits -----------------------------------------------------------------------------------
     def record_access(self, blob_id: str, tier: int, size: int) -> None:
@@ -353,14 +447,18 @@ class Engine:
         last_fold = 0.0
         while not self._stop.wait(0.2):
             try:
-                while self._promote_queue:
-                    self.promote(self._promote_queue.popleft())
-                self._flush_touched()
+                self._housekeeping_once()
                 if time.monotonic() - last_fold > 30:
                     self.counters.fold_dead()
                     last_fold = time.monotonic()
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
+
+    def _housekeeping_once(self) -> None:
+        """Promotions that access records earned, then persisted access times."""
+        while self._promote_queue:
+            self.promote(self._promote_queue.popleft())
+        self._flush_touched()
 
     def _flush_touched(self) -> None:
         """Persist last-access times in one transaction, for the next engine's rebuild."""

@@ -248,9 +248,7 @@ class TierCacheFile(io.RawIOBase):
         else:
             data = os.pread(self._fd, end - self._pos, self._pos)
         self._pos += len(data)
-        tier = self._blob.entry.tier
-        if tier >= 0:
-            self.fs.cache.counters.add("bytes_read", len(data), tier=tier)
+        self._count(len(data))
         return data
 
     def readall(self) -> bytes:
@@ -267,7 +265,14 @@ class TierCacheFile(io.RawIOBase):
         else:
             n = os.preadv(self._fd, [view[:n]], self._pos)
         self._pos += n
+        self._count(n)
         return n
+
+    def _count(self, n: int) -> None:
+        """Bytes a tier delivered; a miss's bytes were counted as origin bytes already."""
+        tier = self._blob.entry.tier
+        if tier >= 0 and not self._blob.missed:
+            self.fs.cache.counters.add("bytes_read", n, tier=tier)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.path, "size": self.size, "type": "file"}

@@ -28,6 +28,10 @@ PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permissio
              ValueError, TypeError, NotImplementedError)  # fmt: skip
 
 
+#: ``call``'s ``what`` -> the ``op`` of the ``origin_<op>_<status>`` request counters.
+_REQUEST_OP = {"read": "get", "info": "head", "listing": "list"}
+
+
 class OriginError(OSError):
     """The origin could not be read within the retry budget; names the object."""
 
@@ -76,16 +80,20 @@ class Origin:
         """Run ``fn`` with bounded exponential backoff and jitter; errors name ``path``."""
         deadline = time.monotonic() + self.config.timeout_seconds
         attempt = 0
+        op = _REQUEST_OP.get(what, "get")  # bounded metric label: get, head or list
         while True:
             try:
-                return fn()
+                result = fn()
             except FileNotFoundError as exc:
+                self.counters.add(f"origin_{op}_not_found")
                 url = f"{self.protocol}://{self.strip(path)}"
                 raise FileNotFoundError(errno.ENOENT, f"no such object at the origin: {url}",
                                         url) from exc  # fmt: skip
             except PERMANENT:
+                self.counters.add(f"origin_{op}_error")
                 raise
             except Exception as exc:  # network errors come in many library-specific types
+                self.counters.add(f"origin_{op}_error")
                 self.counters.add("origin_errors")
                 attempt += 1
                 delay = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())
@@ -97,6 +105,9 @@ class Origin:
                     ) from exc
                 self.counters.add("origin_retries")
                 time.sleep(delay)
+            else:
+                self.counters.add(f"origin_{op}_ok")
+                return result
 
     def _report(self, path: str, exc: Exception) -> None:
         if path not in self._reported:  # one log line per object, not one per retry

@@ -1,0 +1,82 @@
+"""``tiercache warm URL...``: fetch objects into the cache ahead of a job, concurrently."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import fsspec
+
+from ..fs import TierCacheFileSystem
+from ..sizes import format_size
+from .common import add_config_args, config_from_args
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "warm",
+        help="fetch objects or whole prefixes into the cache",
+        description="Fetch objects (URLs, prefixes, or globs such as s3://bucket/train/*.bin) "
+        "into the cache with concurrent origin reads. The S3 endpoint may come from "
+        "AWS_ENDPOINT_URL.",
+    )
+    p.add_argument("urls", nargs="+", metavar="URL")
+    add_config_args(p)
+    p.add_argument("--target-options", metavar="JSON", default="{}",
+                   help='origin filesystem options, e.g. \'{"endpoint_url": "http://..."}\'')  # fmt: skip
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="parallel origin reads (default: [origin] concurrency)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=run)
+
+
+def origin_files(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """The origin filesystem of ``url`` and every file the URL names (prefixes recurse)."""
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    if any(c in path for c in "*?["):
+        files = [p for p in fs.glob(path) if fs.isfile(p)]
+    elif fs.isdir(path):
+        files = fs.find(path)
+    elif fs.exists(path):
+        files = [path]
+    else:
+        raise FileNotFoundError(f"nothing at {url}")
+    return fs, files
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        options = json.loads(args.target_options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--target-options is not valid JSON: {exc}") from None
+    started = time.perf_counter()
+    totals: dict[str, Any] = {"objects": 0, "bytes": 0, "errors": {}}
+    for url in args.urls:
+        protocol = fsspec.core.split_protocol(url)[0] or "file"
+        origin, files = origin_files(url, _with_env_endpoint(protocol, options))
+        fs = TierCacheFileSystem(config=config, fs=origin)
+        done = fs.warm(files, progress=not args.json, on_error="omit",
+                       concurrency=args.concurrency)  # fmt: skip
+        totals["objects"] += done["objects"]
+        totals["bytes"] += done["bytes"]
+        totals["errors"].update(done["errors"])
+    seconds = time.perf_counter() - started
+    totals["seconds"] = round(seconds, 3)
+    totals["bytes_per_s"] = totals["bytes"] / seconds if seconds else 0.0
+    if args.json:
+        print(json.dumps(totals))
+    else:
+        print(f"warmed {totals['objects']} objects, {format_size(totals['bytes'])} in "
+              f"{seconds:.1f} s ({format_size(totals['bytes_per_s'])}/s)")  # fmt: skip
+        for path, error in totals["errors"].items():
+            print(f"  failed: {path}: {error}")
+    return 1 if totals["errors"] else 0
+
+
+def _with_env_endpoint(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
+    from ..fs import _origin_options
+
+    return _origin_options(protocol, options)
