@@ -1,5 +1,8 @@
 """Least Recently Used: evict the key whose last access is oldest.
 
+Mattson, Gecsei, Slutz and Traiger, "Evaluation techniques for storage hierarchies", IBM
+Systems Journal 9(2), 1970 (the stack-algorithm analysis that made LRU the reference).
+
 The baseline every other algorithm is measured against, and what page caches, fsspec's
 caches and most dataset loaders effectively do. Under per-epoch random permutations it
 thrashes: with a cache of fraction c of the data it hits far less than the fraction it holds
