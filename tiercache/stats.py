@@ -5,22 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from .cache import Cache
-from .counters import ORIGIN_BUCKETS, slot
+from .config import Config
+from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, slot
 
 
 def collect(cache: Cache) -> dict[str, Any]:
     """Sum every process's counters and the index's totals into one report.
 
+    Reads only shared state (counter files, the index), never asks the engine, so a
+    monitoring process never becomes the engine just by looking.
+    """
+    return report(cache.config, cache.counters.snapshot(), cache.index.totals())
+
+
+def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The report from one counters snapshot and the index totals.
+
+    Split from :func:`collect` so the Prometheus exporter builds every metric of a scrape
+    from the same snapshot that ``fs.stats()`` would show.
+
     A tier's ``misses`` are the requests that reached it and were not answered there, so
     hit ratios read naturally per tier: the RAM tier's misses include the SSD tier's hits.
     """
-    counts = cache.counters.snapshot()
-    totals = cache.index.totals()
-    requests = sum(counts[slot("hits", t)] for t in range(len(cache.stores)))
+    requests = sum(counts[slot("hits", t)] for t in range(len(config.tiers)))
     requests += counts[slot("misses")]
     tiers: dict[str, Any] = {}
     reached = requests
-    for t, tier in enumerate(cache.config.tiers):
+    for t, tier in enumerate(config.tiers):
         hits = counts[slot("hits", t)]
         misses = reached - hits
         tiers[tier.name] = {
@@ -36,6 +47,7 @@ def collect(cache: Cache) -> dict[str, Any]:
             "demotions": counts[slot("demotions", t)],
             "promotions": counts[slot("promotions", t)],
             "bypass_full": counts[slot("bypass_full", t)],
+            "invalidations": counts[slot("invalidations", t)],
         }
         reached = misses
     hits_total = requests - counts[slot("misses")]
@@ -61,6 +73,10 @@ def collect(cache: Cache) -> dict[str, Any]:
                 str(b): counts[slot(f"origin_bucket:{i}")] for i, b in enumerate(ORIGIN_BUCKETS)
             }
             | {"+Inf": counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]},
+            "requests": {
+                op: {status: g(f"origin_{op}_{status}") for status in ORIGIN_STATUSES}
+                for op in ORIGIN_OPS
+            },
         },
         "prefetch": {
             "issued": g("prefetch_issued"),

@@ -1,0 +1,305 @@
+"""Prometheus metrics for a whole node's cache, and an HTTP exporter that serves them.
+
+Why a custom collector and not prometheus-client's Counter objects: the reads happen in
+every process on the node (DataLoader workers, ranks, a FUSE daemon), each counting into
+its own counter file (see :mod:`tiercache.counters`). A ``Counter`` in the serving process
+would show only that process's share. Instead, each scrape sums every process's file and
+reads the index's per-tier totals, so whichever process serves ``/metrics`` shows the node.
+
+Scraping only reads shared files; it never talks to the engine, so a monitoring process
+never becomes the engine (nor keeps one alive) just by looking.
+
+Labels are bounded by construction: tier names from the config, and fixed vocabularies
+for ``result``, ``reason``, ``op``, ``status`` and ``outcome``; never a key or a path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .cache import Cache, open_cache
+from .config import Config, load_config
+from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, slot
+from .stats import report
+
+#: Why an entry left a tier for good (``tiercache_evictions_total{reason}``) -> counter.
+EVICTION_REASONS = {
+    "capacity": "evictions",  # the policy chose it to make room and no slower tier took it
+    "invalidated": "invalidations",  # stale at the origin or failed its checksum
+}
+PREFETCH_OUTCOMES = ("issued", "used", "wasted")
+
+
+class CacheCollector(Collector):
+    """Yields the node totals of one cache on every scrape."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read the cache; names are only known per scrape
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        counts = cache.counters.snapshot()  # one snapshot: every metric of a scrape agrees
+        return iter(families(cache.config, counts, cache.index.totals()))
+
+
+def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> list[Metric]:
+    """Every metric family, from one counters snapshot and the index's per-tier totals."""
+    stats = report(config, counts, totals)
+    names = config.tier_names
+    last = names[-1]
+    out: list[Metric] = []
+
+    def counter(
+        name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]
+    ) -> None:
+        family = CounterMetricFamily(name, doc, labels=labels)
+        for values, value in samples:
+            family.add_metric(values, value)
+        out.append(family)
+
+    def gauge(name: str, doc: str, values: dict[str, float]) -> None:
+        family = GaugeMetricFamily(name, doc, labels=["tier"])
+        for tier, value in values.items():
+            family.add_metric([tier], value)
+        out.append(family)
+
+    tiers = stats["tiers"]
+    requests = [([n, "hit"], tiers[n]["hits"]) for n in names]
+    requests.append(([last, "miss"], stats["misses"]))
+    counter(
+        "tiercache_requests",
+        "Object accesses (open, cat_file): a hit at the tier that answered, a miss once "
+        "at the last cache tier.",
+        ["tier", "result"],
+        requests,
+    )
+    counter(
+        "tiercache_tier_lookups",
+        "Requests that reached this tier (not answered by a faster one); hits at a tier "
+        "divided by this is that tier's own hit ratio.",
+        ["tier"],
+        [([n], tiers[n]["hits"] + tiers[n]["misses"]) for n in names],
+    )
+    counter(
+        "tiercache_bytes_read",
+        'Bytes served from each tier on hits; tier="origin": bytes read from the origin '
+        "(misses and prefetch).",
+        ["tier"],
+        [([n], tiers[n]["bytes_read"]) for n in names] + [(["origin"], stats["origin"]["bytes"])],
+    )
+    gauge(
+        "tiercache_tier_used_bytes",
+        "Stored bytes in each tier.",
+        {n: tiers[n]["used_bytes"] for n in names},
+    )
+    gauge(
+        "tiercache_tier_capacity_bytes",
+        "Configured capacity of each tier.",
+        {n: tiers[n]["capacity_bytes"] for n in names},
+    )
+    gauge(
+        "tiercache_tier_entries",
+        "Objects held in each tier.",
+        {n: tiers[n]["entries"] for n in names},
+    )
+    counter(
+        "tiercache_evictions",
+        "Entries that left a tier for good, by reason (capacity: made room and no slower "
+        "tier took it; invalidated: stale or corrupt). Demotions are counted apart.",
+        ["tier", "reason"],
+        [
+            ([n, reason], counts[slot(name, t)])
+            for t, n in enumerate(names)
+            for reason, name in EVICTION_REASONS.items()
+        ],
+    )
+    counter(
+        "tiercache_promotions",
+        "Entries moved one tier up (hot in a slower tier).",
+        ["from_tier", "to_tier"],
+        [([n, names[t - 1]], tiers[n]["promotions"]) for t, n in enumerate(names) if t > 0],
+    )
+    counter(
+        "tiercache_demotions",
+        "Entries moved one tier down to make room.",
+        ["from_tier", "to_tier"],
+        [
+            ([n, names[t + 1]], tiers[n]["demotions"])
+            for t, n in enumerate(names)
+            if t + 1 < len(names)
+        ],
+    )
+    counter(
+        "tiercache_admissions",
+        "Misses stored into each tier.",
+        ["tier"],
+        [([n], tiers[n]["admissions"]) for n in names],
+    )
+    counter(
+        "tiercache_admission_skipped_disk_full",
+        "Writes into a tier skipped because its filesystem was (nearly) full.",
+        ["tier"],
+        [([n], tiers[n]["bypass_full"]) for n in names],
+    )
+    counter(
+        "tiercache_not_admitted",
+        "Misses the admission policy declined to store.",
+        [],
+        [([], stats["not_admitted"])],
+    )
+
+    origin = stats["origin"]
+    counter(
+        "tiercache_origin_requests",
+        "Origin request attempts by operation (get, head, list) and outcome (ok, "
+        "not_found, error); retries count as attempts.",
+        ["op", "status"],
+        [
+            ([op, status], origin["requests"][op][status])
+            for op in ORIGIN_OPS
+            for status in ORIGIN_STATUSES
+        ],
+    )
+    cumulative, buckets = 0, []
+    for i, bound in enumerate(ORIGIN_BUCKETS):
+        cumulative += counts[slot(f"origin_bucket:{i}")]
+        buckets.append((floatToGoString(bound), cumulative))
+    cumulative += counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]
+    buckets.append(("+Inf", cumulative))
+    out.append(
+        HistogramMetricFamily(
+            "tiercache_origin_seconds",
+            "Latency of whole-object origin reads.",
+            buckets=buckets,
+            sum_value=origin["seconds"],
+        )
+    )
+    counter(
+        "tiercache_origin_errors",
+        "Failed origin attempts (network errors, truncated bodies), retried or not.",
+        [],
+        [([], origin["errors"])],
+    )
+    counter(
+        "tiercache_origin_retries",
+        "Origin attempts retried after an error.",
+        [],
+        [([], origin["retries"])],
+    )
+    counter(
+        "tiercache_prefetch",
+        "Prefetches issued, later used by a read, or wasted.",
+        ["outcome"],
+        [([o], stats["prefetch"][o]) for o in PREFETCH_OUTCOMES],
+    )
+    counter(
+        "tiercache_singleflight_waits",
+        "Misses that waited for another caller's fetch of the same object.",
+        [],
+        [([], stats["singleflight_waits"])],
+    )
+    counter(
+        "tiercache_checksum_failures",
+        "Cached blobs that failed verification (refetched).",
+        [],
+        [([], stats["checksum_failures"])],
+    )
+    counter(
+        "tiercache_stale_refetches",
+        "Cached objects found changed at the origin.",
+        [],
+        [([], stats["stale_refetches"])],
+    )
+    counter(
+        "tiercache_data_wait_seconds",
+        "Time consumers waited for bytes (locating and fetching objects), summed over "
+        "all processes.",
+        [],
+        [([], stats["data_wait_seconds"])],
+    )
+    return out
+
+
+def registry_for(cache: Cache) -> CollectorRegistry:
+    """A registry of its own (not the global one) holding only this cache's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CacheCollector(cache))
+    return registry
+
+
+@dataclass
+class MetricsServer:
+    """A running exporter: ``url`` to scrape, ``close()`` to stop it."""
+
+    server: Any
+    thread: threading.Thread
+    bind: str
+    port: int
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    config: Config | dict[str, Any] | str | os.PathLike[str] | None = None,
+    port: int | None = None,
+    bind: str | None = None,
+) -> MetricsServer:
+    """Serve the node totals of ``config``'s cache on ``http://bind:port/metrics``.
+
+    ``port``/``bind`` default to the config's ``[metrics]`` section (bind: loopback). An
+    explicit ``port=0`` picks a free port (see ``MetricsServer.port``); a config port of 0
+    means metrics are off, so asking to serve it is an error that says how to turn it on.
+    Runs in a daemon thread; the caller keeps going (a demo, a training loop).
+    """
+    cfg = load_config(config)
+    if port is None:
+        port = cfg.metrics.port
+        if port == 0:
+            raise ValueError(
+                f"{cfg.source}: [metrics] port is 0 (metrics off); set [metrics] port "
+                "or pass a port"
+            )
+    if not 0 <= port <= 65535:
+        raise ValueError(f"metrics port {port} is not a TCP port (0-65535)")
+    bind = bind or cfg.metrics.bind
+    server, thread = start_http_server(port, addr=bind, registry=registry_for(open_cache(cfg)))
+    return MetricsServer(server, thread, bind, server.server_port)
+
+
+def serve_if_configured(config: Config) -> MetricsServer | None:
+    """Start the exporter when the config's ``[metrics] port`` is set; otherwise None."""
+    return serve(config) if config.metrics.port else None
