@@ -13,7 +13,12 @@ pytest.importorskip("libcachesim")
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.8])
 @pytest.mark.parametrize(
     ("algorithm", "params"),
-    [("static", {}), ("belady", {}), ("belady", {"bypass": True})],
+    [
+        ("static", {}),
+        ("belady", {}),
+        ("belady", {"bypass": True}),
+        ("belady", {"fallback": "static", "bypass": True}),  # the training preset's RAM tier
+    ],
 )
 @pytest.mark.parametrize("seed", [1, 2])
 def test_reaches_belady_on_epochs(
