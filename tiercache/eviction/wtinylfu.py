@@ -12,15 +12,17 @@ Behaviour follows libCacheSim's ``WTinyLFU`` (``main-cache=SLRU``) so the two ag
 * ``window_ratio=0.01`` sets main's share (``capacity - int(capacity * window_ratio)``); the
   window itself is bounded only by the total, because making room always drains the window's
   LRU end first, one admission contest per key, until a window key loses (and is evicted);
-* the sketch counts insertions, hits in main (not in the window) and every admission contest
-  entered; it halves after ``sample_factor=32`` times as many main hits as main holds keys;
+* the sketch counts insertions, hits and every admission contest entered; it halves after
+  ``sample_factor=32`` times as many main hits as main holds keys (libCacheSim's source counts
+  hits in main only; counting window hits too is TinyLFU as published, and agreed more closely
+  with the libcachesim 0.3.5 wheel on our traces);
 * a window key wins only with a strictly higher estimate.
 
 Differences, on purpose: libCacheSim refuses any key larger than the window (1% of the bytes),
 which would keep large shards out of a tier altogether; here a key is admitted up to the size
 of the probation segment (``window_limits_size=True`` restores libCacheSim's rule). libCacheSim
-sizes its sketch for as many keys as main has bytes; here it is sized for as many keys as main
-held when the cache first filled (see :mod:`.sketch`). A hit that makes probation
+sizes its sketch for as many keys as main has bytes; here for as many keys as main holds at the
+mean key size seen when the cache first fills (see :mod:`.sketch`). A hit that makes probation
 overflow leaves it over by up to one key until the next insertion rather than evicting inside
 the hit (an access must not evict without telling the engine).
 """
@@ -72,20 +74,23 @@ class WTinyLFU(EvictionPolicy):
         self._segment: dict[Key, int] = {}
         self._window_used = self._probation_used = self._protected_used = 0
         self._sketch = FrequencySketch()
-        self._main_keys_max = 1  # most keys main has held; sets the ageing period
+        # Main hits since the sketch last aged; it ages every sample_factor x (keys main holds),
+        # which is known once the cache first fills (no ageing before, as in libCacheSim
+        # where the period is far longer than a warm-up).
         self._main_hits = 0
+        self._sample_period = 0
 
     def record(self, key: Key, size: int) -> bool:
         segment = self._segment.get(key)
         if segment is None:
             return False
+        sketch = self._sketch
+        sketch.add(key)
         if segment == _WINDOW:
             self._window.move_to_end(key)
             return True
-        sketch = self._sketch
-        sketch.add(key)
         self._main_hits += 1
-        if self._main_hits >= self.sample_factor * self._main_keys_max:
+        if self._main_hits >= self._sample_period > 0:
             self._main_hits = 0
             sketch.halve()
         if segment == _PROTECTED:
@@ -129,7 +134,9 @@ class WTinyLFU(EvictionPolicy):
         if not sketch.sized:
             # The first eviction: the cache is full, so the keys it holds now say how many it
             # holds in general (a byte-weighted tier knows nothing about counts before).
-            sketch.size_for(self._main_cap * len(self._segment) // max(1, self.used))
+            entries = self._main_cap * len(self._segment) // max(1, self.used)
+            sketch.size_for(entries)
+            self._sample_period = self.sample_factor * max(1, entries)
         while window:
             candidate = next(iter(window))
             size = window[candidate]
@@ -173,9 +180,6 @@ class WTinyLFU(EvictionPolicy):
             self._protected[key] = size
             self._protected_used += size
         self._segment[key] = segment
-        n_main = len(self._probation) + len(self._protected)
-        if n_main > self._main_keys_max:
-            self._main_keys_max = n_main
 
     def _evict_main(self, evicted: list[Key]) -> None:
         if self._probation:
