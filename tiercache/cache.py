@@ -48,6 +48,7 @@ class Blob:
     entry: Entry
     store: TierStore
     data: bytes | None = None  # whole bytes when already in hand (small, compressed, fresh)
+    fd: int = -1  # otherwise an open, verified descriptor on the blob file (caller closes)
     #: Fetched from the origin for this request: its bytes count as origin bytes, not as
     #: bytes a tier served, so ``bytes_read`` per tier says what the cache itself delivered.
     missed: bool = False
@@ -122,7 +123,10 @@ class Cache:
         if blob.data is not None:
             data = blob.data if (s, e) == (0, size) else blob.data[s:e]
         else:
-            data = blob.store.get_range(blob.entry.blob_id, blob.entry.blob, s, e)
+            try:
+                data = _pread(blob.fd, e - s, s)
+            finally:
+                os.close(blob.fd)
         if blob.entry.tier >= 0 and not blob.missed:  # a miss's bytes count as origin bytes
             self.counters.add("bytes_read", len(data), tier=blob.entry.tier)
         return data
@@ -133,9 +137,7 @@ class Cache:
             if entry.blob.small or entry.blob.compressed or self._always_verify[entry.tier]:
                 data = store.get(entry.blob_id, entry.blob, verify=True)
                 return Blob(entry, store, data)
-            # verify = "on-change": the range reader checks identity and re-hashes if needed
-            store.get_range(entry.blob_id, entry.blob, 0, 0)
-            return Blob(entry, store)
+            return Blob(entry, store, fd=store.open_verified(entry.blob_id, entry.blob))
         except FileNotFoundError:
             return None
         except CorruptBlobError as exc:
@@ -375,6 +377,16 @@ def _uncached_entry(key: str, data: bytes) -> Entry:
     from .tiers.store import BlobMeta
 
     return Entry(key, -1, len(data), BlobMeta(len(data), 0, False, False), "")
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:  # only on signals; regular files otherwise read in full
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _resolve_range(start: int | None, end: int | None, size: int) -> tuple[int, int]:

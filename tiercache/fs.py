@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,7 +25,7 @@ from fsspec.implementations.chained import ChainedFileSystem
 
 from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
-from .origin import OriginError
+from .origin import Origin, OriginError
 
 
 class TierCacheFileSystem(ChainedFileSystem):
@@ -50,8 +51,8 @@ class TierCacheFileSystem(ChainedFileSystem):
         self.fs = fs
         self.config = load_config(config)
         self.cache: Cache = open_cache(self.config)
-        self.origin = self.cache.origin_for(fs)
-        target = fs
+        self._origin = self.cache.origin_for(fs)
+        self._pid = os.getpid()
 
         def _strip_protocol(path: Any) -> str:
             # Instance-level, as fsspec's own caching layers do: strip ours, then the origin's.
@@ -60,9 +61,19 @@ class TierCacheFileSystem(ChainedFileSystem):
                 path = path[len("tiercache://") :]
             if "::" in path:
                 path = path.rsplit("::", 1)[-1]
-            return target._strip_protocol(path)
+            return self.fs._strip_protocol(path)
 
         self._strip_protocol: Callable[[Any], str] = _strip_protocol  # type: ignore[assignment]
+
+    @property
+    def origin(self) -> Origin:
+        """The origin, re-created in a forked child: async filesystems (s3fs) cannot cross a
+        fork, their event loop thread stays behind in the parent."""
+        if self._pid != os.getpid():
+            self.fs = pickle.loads(pickle.dumps(self.fs))
+            self._origin = self.cache.origin_for(self.fs)
+            self._pid = os.getpid()
+        return self._origin
 
     # -- reading ----------------------------------------------------------------------------------
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
@@ -212,10 +223,8 @@ class TierCacheFile(io.RawIOBase):
         self.size = blob.entry.size
         self._blob = blob
         self._pos = 0
-        self._fd = -1
+        self._fd = blob.fd
         self._data = memoryview(blob.data) if blob.data is not None else None
-        if self._data is None:
-            self._fd = blob.store.open_fd(blob.entry.blob_id)
 
     @property
     def name(self) -> str:  # type: ignore[override]

@@ -149,29 +149,27 @@ class TierStore:
             self._check(blob_id, data, meta)
         return self._decode(data, meta) if meta.compressed else data
 
-    def get_range(self, blob_id: str, meta: BlobMeta, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of the object without reading the rest when uncompressed.
+    def open_verified(self, blob_id: str, meta: BlobMeta) -> int:
+        """An open descriptor on a file blob whose bytes match ``meta``.
 
-        A range cannot be checked against a whole-blob checksum, so ranged reads check the
-        whole blob the first time its identity is seen (see ``verify``) and trust the
-        filesystem for unchanged files afterwards; compressed blobs are read whole.
+        The whole blob is re-hashed only when the file's identity (inode, mtime) differs
+        from the one recorded at write time; the caller owns the descriptor, which keeps the
+        bytes readable even if the engine evicts the blob meanwhile.
         """
-        if meta.small or meta.compressed:
-            return self.get(blob_id, meta)[start:end]
         fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
         try:
             st = os.fstat(fd)
             if st.st_size != meta.stored_size:
-                raise CorruptBlobError(f"{self.config.name} blob {blob_id}: size changed")
+                raise CorruptBlobError(
+                    f"{self.config.name} blob {blob_id}: {st.st_size} bytes on disk, "
+                    f"{meta.stored_size} expected"
+                )
             if self._changed(st, meta):
                 self._check(blob_id, _read_exact(fd, meta.stored_size, 0), meta)
-            end = min(end, meta.stored_size)
-            return _read_exact(fd, max(0, end - start), start) if end > start else b""
-        finally:
+            return fd
+        except BaseException:
             os.close(fd)
-
-    def open_fd(self, blob_id: str) -> int:
-        return os.open(self.blob_path(blob_id), os.O_RDONLY)
+            raise
 
     def _changed(self, st: os.stat_result, meta: BlobMeta) -> bool:
         return (st.st_ino, st.st_mtime_ns) != (meta.ino, meta.mtime_ns)
@@ -230,9 +228,13 @@ class TierStore:
             self._small = None
 
     def abandon(self) -> None:
-        """After fork: drop handles without closing them (they belong to the parent)."""
+        """After fork: release the inherited small-object store so the child can reopen it
+        (see ``Index.abandon`` for why closing it in the child is safe and necessary)."""
         if self._small is not None:
-            _ABANDONED.append(self._small)
+            try:
+                self._small.close()
+            except Exception:
+                _ABANDONED.append(self._small)
             self._small = None
 
 

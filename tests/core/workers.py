@@ -1,0 +1,47 @@
+"""Functions run in child processes by the multi-process tests (importable under spawn)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from typing import Any
+
+
+def read_at(config: dict[str, Any], options: dict[str, Any], paths: list[str],
+            start_at: float) -> dict[str, str]:  # fmt: skip
+    """Wait until ``start_at`` so every process misses at once, then read ``paths``."""
+    from tiercache import TierCacheFileSystem
+
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
+    time.sleep(max(0.0, start_at - time.time()))
+    out = {p: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in paths}
+    fs.cache.flush_access()
+    return out
+
+
+def fill_forever(config: dict[str, Any], options: dict[str, Any], paths: list[str]) -> None:
+    """Read (and so fetch, evict, demote and promote) in a loop until killed."""
+    import random
+
+    from tiercache import TierCacheFileSystem
+
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
+    rng = random.Random(os.getpid())
+    print("ready", flush=True)
+    while True:
+        path = rng.choice(paths)
+        if rng.random() < 0.5:
+            fs.cat_file(path)
+        else:
+            with fs.open(path) as f:
+                f.seek(rng.randrange(max(1, f.size)))
+                f.read(4096)
+
+
+if __name__ == "__main__":
+    import json
+
+    args = json.loads(sys.argv[1])
+    fill_forever(args["config"], args["options"], args["paths"])
