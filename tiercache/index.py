@@ -117,7 +117,18 @@ class Index:
         self.env.close()
 
     def abandon(self) -> None:
-        _ABANDONED.append(self.env)
+        """After fork, in the child: release the inherited environment so it can be reopened.
+
+        py-lmdb refuses to open files that are already open in the process, and a forked
+        child inherits the parent's registration; only ``close`` lifts it. Closing in the
+        child is safe for LMDB: the child holds none of the parent's fcntl locks, reader
+        slots are matched by pid, and shared mutexes are only torn down under the
+        exclusive file lock, which the living parent's shared lock prevents.
+        """
+        try:
+            self.env.close()
+        except Exception:
+            _ABANDONED.append(self.env)
 
 
 class IndexWriter:
