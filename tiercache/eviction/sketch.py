@@ -9,7 +9,8 @@ the same mistakes at the same rate: one shared array of ``ceil(COUNTERS_PER_KEY 
 counters (14.4 per key, what libCacheSim derives from its 0.1% error target), every update
 raising all of a key's counters, an estimate being the least of them. libCacheSim uses 10 hash
 functions; here there are 4 (one 64-bit mix of ``hash(key)``, then double hashing), which
-costs far less in Python and measured the same miss ratios (docs/policies.md). :meth:`halve`
+costs far less in Python and agreed with libCacheSim as closely as a 10-hash copy did
+(docs/policies.md). :meth:`halve`
 is TinyLFU's "reset", which ages every count so that old favourites do not block new ones.
 
 Until :meth:`size_for` is called the counts are kept exactly in a dict: a byte-weighted cache
