@@ -47,7 +47,7 @@ class Blob:
 
     entry: Entry
     store: TierStore
-    data: bytes | None = None  # whole bytes when already in hand (small, compressed, fresh)
+    data: bytes | memoryview | None = None  # whole object in hand (fresh, small, mapped)
     fd: int = -1  # otherwise an open, verified descriptor on the blob file (caller closes)
     #: Fetched from the origin for this request: its bytes count as origin bytes, not as
     #: bytes a tier served, so ``bytes_read`` per tier says what the cache itself delivered.
@@ -120,7 +120,9 @@ class Cache:
         blob = self.locate(origin, path)
         size = blob.entry.size
         s, e = _resolve_range(start, end, size)
-        if blob.data is not None:
+        if isinstance(blob.data, memoryview):
+            data = bytes(blob.data[s:e])  # the one copy, out of the shared mapping
+        elif blob.data is not None:
             data = blob.data if (s, e) == (0, size) else blob.data[s:e]
         else:
             try:
@@ -137,7 +139,7 @@ class Cache:
             if entry.blob.small or entry.blob.compressed or self._always_verify[entry.tier]:
                 data = store.get(entry.blob_id, entry.blob, verify=True)
                 return Blob(entry, store, data)
-            return Blob(entry, store, fd=store.open_verified(entry.blob_id, entry.blob))
+            return Blob(entry, store, store.mapped(entry.blob_id, entry.blob))
         except FileNotFoundError:
             return None
         except CorruptBlobError as exc:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
+import threading
+from collections import OrderedDict
 import secrets
 import zlib
 from dataclasses import dataclass
@@ -59,6 +62,9 @@ class TierStore:
             ensure_private_dir(d)
         self.compress = config.compression == "lz4"
         self._small: lmdb.Environment | None = None
+        self._maps: OrderedDict[str, _Mapping] = OrderedDict()
+        self._maps_lock = threading.Lock()
+        self._mapped_bytes = 0
         # Shared memory cannot rot and fsync on it is a no-op; on a disk the rename must
         # not reach the platter before the bytes do.
         self._durable = not str(self.root).startswith("/dev/shm")
@@ -171,6 +177,58 @@ class TierStore:
             os.close(fd)
             raise
 
+    def mapped(self, blob_id: str, meta: BlobMeta) -> memoryview:
+        """The blob's bytes as a read-only view of a shared mapping (no copy, no syscall).
+
+        Used for tiers with ``verify = "on-change"``: a mapping made once per process and
+        blob serves every later hit straight from shared memory, at memory-copy speed,
+        while the index entry's identity (inode, mtime) still matches. Mappings of blobs the
+        engine has since deleted are dropped whenever a new one is made, so a process pins
+        at most ``_MAP_BYTES`` of memory beyond the tier's capacity.
+        """
+        cached = self._maps.get(blob_id)
+        if cached is not None and (cached.ino, cached.mtime_ns) == (meta.ino, meta.mtime_ns):
+            self._maps.move_to_end(blob_id)
+            return cached.view
+        fd = self.open_verified(blob_id, meta)  # raises if missing or damaged
+        try:
+            st = os.fstat(fd)
+            mm = mmap.mmap(fd, meta.stored_size, prot=mmap.PROT_READ) if meta.stored_size else None
+        finally:
+            os.close(fd)
+        view = memoryview(mm) if mm is not None else memoryview(b"")
+        self._remember(blob_id, _Mapping(st.st_ino, st.st_mtime_ns, meta.stored_size, mm, view))
+        return view
+
+    def _remember(self, blob_id: str, mapping: _Mapping) -> None:
+        with self._maps_lock:
+            old = self._maps.pop(blob_id, None)
+            if old is not None:
+                self._mapped_bytes -= old.size
+            self._maps[blob_id] = mapping
+            self._mapped_bytes += mapping.size
+            # Drop mappings of blobs that were replaced or deleted, then the least recent.
+            for other_id, other in list(self._maps.items()):
+                if other_id != blob_id and not self._still_current(other_id, other):
+                    self._forget(other_id)
+            while self._mapped_bytes > _MAP_BYTES or len(self._maps) > _MAP_COUNT:
+                self._forget(next(iter(self._maps)))
+
+    def _still_current(self, blob_id: str, mapping: _Mapping) -> bool:
+        try:
+            st = os.stat(self.blob_path(blob_id))
+        except FileNotFoundError:
+            return False
+        return (st.st_ino, st.st_mtime_ns) == (mapping.ino, mapping.mtime_ns)
+
+    def _forget(self, blob_id: str) -> None:
+        mapping = self._maps.pop(blob_id)
+        self._mapped_bytes -= mapping.size
+        mapping.view.release()
+        if mapping.mm is not None:
+            with contextlib.suppress(BufferError):  # a reader still holds a slice: GC closes it
+                mapping.mm.close()
+
     def _changed(self, st: os.stat_result, meta: BlobMeta) -> bool:
         return (st.st_ino, st.st_mtime_ns) != (meta.ino, meta.mtime_ns)
 
@@ -236,6 +294,20 @@ class TierStore:
             except Exception:
                 _ABANDONED.append(self._small)
             self._small = None
+
+
+#: Per process and tier, at most this many bytes and blobs stay mapped for fast hits.
+_MAP_BYTES = 1024**3
+_MAP_COUNT = 512
+
+
+@dataclass
+class _Mapping:
+    ino: int
+    mtime_ns: int
+    size: int
+    mm: mmap.mmap | None
+    view: memoryview
 
 
 #: LMDB environments inherited across fork must never be closed (or used) by the child.

@@ -1,0 +1,97 @@
+"""What every benchmark needs: a moto S3 server in its own process, uploads, and reporting.
+
+moto runs as a separate process (the ``moto_server`` command) so that its CPU time does not
+share the benchmark's interpreter lock; everything still crosses real HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """Start ``moto_server`` on a free loopback port; yields its endpoint URL."""
+    os.environ.update(CREDENTIALS)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def s3_options(endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
+
+
+def upload(endpoint: str, bucket: str, objects: dict[str, bytes]) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=bucket)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
+                      objects.items()))  # fmt: skip
+
+
+def timed(fn: Any, *args: Any) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def best_of(n: int, fn: Any, *args: Any) -> float:
+    """The fastest of ``n`` runs: on a shared, noisy machine the minimum is the signal."""
+    return min(timed(fn, *args) for _ in range(n))
+
+
+def report(title: str, rows: list[dict[str, Any]], columns: list[str], as_json: bool,
+           extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Print JSON (``--json``) or a readable table of ``rows``."""
+    if as_json:
+        print(json.dumps({"benchmark": title, "results": rows, **(extra or {})}, indent=2))
+        return
+    print(f"\n{title}")
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for key, value in (extra or {}).items():
+        print(f"{key}: {value}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return "" if v is None else str(v)
