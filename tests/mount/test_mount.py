@@ -355,3 +355,25 @@ def test_listings_follow_the_validation_ttl(
     assert sorted(os.listdir(short.path)) == ["one.bin", "two.bin"]
     assert (short.path / "two.bin").read_bytes() == b"22"
     assert os.listdir(long.path) == ["one.bin"]  # still the cached listing
+
+
+def test_a_stale_mount_is_reported_and_cleared_by_unmount(
+    mounted: Mount, dataset: str, config: dict[str, Any], tmp_path: Path, s3_server: S3
+) -> None:
+    """SIGKILL leaves a dead mount; a new mount refuses it, ``tiercache unmount`` clears it."""
+    from tests.mount.conftest import _to_toml
+
+    mounted.proc.kill()
+    mounted.proc.wait(10)
+    assert in_proc_mounts(mounted.path)
+    assert _errno_of(lambda: os.listdir(mounted.path)) == errno.ENOTCONN
+    toml = tmp_path / "again.toml"
+    toml.write_text(_to_toml(config))
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_server.endpoint}
+    again = subprocess.run([sys.executable, "-m", "tiercache", "mount", dataset,
+                            str(mounted.path), "--config", str(toml)], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 1 and "already mounted" in again.stderr
+    unmount = [sys.executable, "-m", "tiercache", "unmount", str(mounted.path)]
+    assert subprocess.run(unmount, capture_output=True).returncode == 0
+    assert not in_proc_mounts(mounted.path)
