@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .counters import Counters
-from .eviction import EvictionPolicy, policy_from_spec
+from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
 from .origin import Origin
 from .tiers.store import BlobMeta, CorruptBlobError, TierStore
@@ -119,7 +119,7 @@ class Engine:
                 for victim in self.policies[entry.tier].insert(
                     entry.blob_id, entry.blob.stored_size
                 ):  # the capacity may have shrunk since the last run
-                    old = w.delete(victim)
+                    old = w.delete(str(victim))
                     if old is not None:
                         self.stores[old.tier].delete(old.blob_id, old.blob)
                         referenced[old.tier].discard(old.blob_id)
@@ -149,7 +149,7 @@ class Engine:
             self.counters.add("singleflight_waits")
             return future.result()
         try:
-            result = self._fetch_and_place(origin, path, key)
+            result = self._fetch_and_place(origin, path, key, prefetch)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -161,7 +161,8 @@ class Engine:
             if not prefetch:
                 self._prefetch.consumed(blob_id_for(key))
 
-    def _fetch_and_place(self, origin: Origin, path: str, key: str) -> FetchResult:
+    def _fetch_and_place(self, origin: Origin, path: str, key: str,
+                         prefetch: bool) -> FetchResult:  # fmt: skip
         current = self.index.get(key)
         if current is not None:
             # Someone stored it while we queued (another engine thread, a prefetch).
@@ -169,30 +170,34 @@ class Engine:
                 data = self.stores[current.tier].get(current.blob_id, current.blob)
                 return FetchResult(current, data)
         data, version = origin.fetch(path)
-        entry = self.admit(key, data, version)
+        entry = self.admit(key, data, version, prefetch=prefetch)
         return FetchResult(entry, data)
 
-    def admit(self, key: str, data: bytes, version: str) -> Entry | None:
-        """Store fetched bytes by policy; returns the entry, or None if no tier took it."""
+    def admit(self, key: str, data: bytes, version: str, *, prefetch: bool = False
+              ) -> Entry | None:  # fmt: skip
+        """Store fetched bytes by policy; returns the entry, or None if no tier took it.
+
+        A demand miss is an access: every tier's policy records it, so clairvoyant policies
+        keep their clock in step with the sampler's plan. A prefetch is not an access; the
+        consumer's read of it later is. A tier whose policy declines the key (too big for
+        its first queue, not frequent enough) passes it on to the next slower tier.
+        """
         blob_id = blob_id_for(key)
         with self._lock:
             self._drop(blob_id)  # a stale copy in any tier goes first
-            asked = False
+            if not prefetch:
+                for policy in self.policies:
+                    policy.record(blob_id, len(data))
             for tier in range(self.admission_tier, len(self.stores)):
                 policy = self.policies[tier]
                 stored, compressed = self.stores[tier].encode(data)
-                if len(stored) > self.config.tiers[tier].capacity:
-                    continue  # too big for this tier at any time: the next one may hold it
-                if not asked:  # the admission policy of the first tier that could hold it
-                    asked = True
-                    policy.record(blob_id, len(stored))
-                    if not policy.admit(blob_id, len(stored)):
-                        self.counters.add("not_admitted")
-                        return None
+                if not policy.admit(blob_id, len(stored)):
+                    continue
                 entry = self._place(tier, key, blob_id, data, stored, compressed, version)
                 if entry is not None:
                     self.counters.add("admissions", tier=tier)
                     return entry
+            self.counters.add("not_admitted")
             return None
 
     def _place(self, tier: int, key: str, blob_id: str, data: bytes,
@@ -236,14 +241,14 @@ class Engine:
         policy.capacity = budget
         return size <= budget
 
-    def _evict(self, w: IndexWriter, tier: int, victims: list[str]) -> list[tuple[int, Entry]]:
+    def _evict(self, w: IndexWriter, tier: int, victims: list[Key]) -> list[tuple[int, Entry]]:
         """Demote ``victims`` of ``tier`` to the next tier (or drop them from the last).
 
         Returns the (tier, entry) blobs to delete once the index commit has landed.
         """
         to_delete: list[tuple[int, Entry]] = []
         for victim in victims:
-            entry = w.get(victim)
+            entry = w.get(str(victim))
             if entry is None or entry.tier != tier:
                 continue
             to_delete.append((tier, entry))
@@ -252,7 +257,7 @@ class Engine:
             if lower < len(self.stores):
                 moved = self._copy_into(w, entry, lower)
             if moved is None:
-                w.delete(victim)
+                w.delete(entry.blob_id)
                 self.counters.add("evictions", tier=tier)
             else:
                 self.counters.add("demotions", tier=tier)
@@ -287,7 +292,7 @@ class Engine:
         self._delete_blobs(self._evict(w, tier, victims))
         return moved
 
-    def _settle(self, tier: int, victims: list[str]) -> None:
+    def _settle(self, tier: int, victims: list[Key]) -> None:
         if victims:
             with self.index.write() as w:
                 deleted = self._evict(w, tier, victims)
@@ -402,12 +407,12 @@ class Engine:
 
     # -- hits -----------------------------------------------------------------------------------
     def record_access(self, blob_id: str, tier: int, size: int) -> None:
-        """A hit in ``tier`` happened somewhere on the node."""
+        """A hit in ``tier`` happened somewhere on the node: every tier's policy sees it."""
         with self._lock:
-            policy = self.policies[tier]
-            policy.record(blob_id, size)
+            for policy in self.policies:
+                policy.record(blob_id, size)
             self._touched[blob_id] = time.time()
-            if tier > 0 and blob_id in policy:
+            if tier > 0 and blob_id in self.policies[tier]:
                 hits = self._promotion_hits.get(blob_id, 0) + 1
                 if hits >= self.config.promotion.hits:
                     self._promotion_hits.pop(blob_id, None)
