@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack, root: Path, shm:
                            storage_options=storage_options, cache=config)  # fmt: skip
     tiers = config.tier_names
     # The engine runs in this process, which lives for the whole run (workers come and go).
-    cache = dataset.source.fs.cache  # type: ignore[attr-defined]
+    cache = dataset.source.fs.cache
     assert cache.engine is not None
 
     metrics = None

@@ -75,9 +75,9 @@ def start_s3_server(timeout: float = 30.0) -> S3Server:
         if process.poll() is not None:
             raise OSError(f"moto's S3 server exited at start (status {process.returncode}); "
                           "is moto[server] installed?")  # fmt: skip
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                return S3Server(endpoint, process)
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{endpoint}/moto-api/",
+                                                                  timeout=1):  # fmt: skip
+            return S3Server(endpoint, process)
         time.sleep(0.05)
     process.kill()
     raise OSError(f"moto's S3 server did not answer on {endpoint} within {timeout:.0f} s")
