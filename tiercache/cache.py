@@ -79,6 +79,10 @@ class Cache:
         self._access_lock = threading.Lock()
         self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
         self._validated: dict[str, float] = {}  # key -> when last checked against origin
+        self._trace_fd = -1
+        if config.trace is not None:
+            config.trace.parent.mkdir(parents=True, exist_ok=True)
+            self._trace_fd = os.open(config.trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     # -- the read path ----------------------------------------------------------------------------
     def locate(self, origin: Origin, path: str) -> Blob:
@@ -113,6 +117,20 @@ class Cache:
             raise OSError(f"{key}: the cache kept changing under this read; giving up")
         finally:
             self.counters.add("data_wait_ns", int((time.perf_counter() - started) * 1e9))
+
+    def _trace(self, key: str, size: int, tier: int | None) -> None:
+        """Append one request to the access log (``trace`` in the config), for ``simulate``.
+
+        One ``write`` per line on an O_APPEND descriptor: lines from many processes never
+        interleave.
+        """
+        if self._trace_fd < 0:
+            return
+        from .simulate import access_log_line
+
+        name = None if tier is None else self.config.tier_names[tier]
+        os.write(self._trace_fd, access_log_line(time.time(), key, size, name, tier is not None)
+                 .encode())  # fmt: skip
 
     def read(self, origin: Origin, path: str, start: int | None = None,
              end: int | None = None) -> bytes:  # fmt: skip
@@ -273,8 +291,8 @@ class Cache:
         for attempt in range(5):
             engine = self._local_engine()
             if engine is not None:
-                reply = self._serve(header, _payload)
-                return reply if reply is not None else ({"status": "ok"}, b"")
+                local = self._serve(header, _payload)
+                return local if local is not None else ({"status": "ok"}, b"")
             try:
                 if _oneway:
                     self._link.tell(header, _payload)

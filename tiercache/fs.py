@@ -63,7 +63,7 @@ class TierCacheFileSystem(ChainedFileSystem):
                 path = path.rsplit("::", 1)[-1]
             return self.fs._strip_protocol(path)
 
-        self._strip_protocol: Callable[[Any], str] = _strip_protocol  # type: ignore[assignment]
+        self._strip_protocol: Callable[[Any], str] = _strip_protocol
 
     @property
     def origin(self) -> Origin:
@@ -149,7 +149,7 @@ class TierCacheFileSystem(ChainedFileSystem):
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         raise PermissionError("tiercache is read-only; write to the origin directly")
 
-    rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse  # type: ignore[assignment]
+    rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse
 
     # -- cache control ----------------------------------------------------------------------------
     def hint(self, paths: Sequence[str]) -> None:
@@ -164,7 +164,7 @@ class TierCacheFileSystem(ChainedFileSystem):
 
         targets = [self._strip_protocol(p) for p in paths]
         workers = concurrency or self.config.origin.concurrency
-        done = {"objects": 0, "bytes": 0, "errors": {}}
+        done: dict[str, Any] = {"objects": 0, "bytes": 0, "errors": {}}
         bar = tqdm(total=len(targets), unit="obj", disable=not progress, desc="warming")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiercache-warm") as pool:
             futures = {pool.submit(self.cache.locate, self.origin, p): p for p in targets}
@@ -227,7 +227,7 @@ class TierCacheFile(io.RawIOBase):
         self._data = memoryview(blob.data) if blob.data is not None else None
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.path
 
     def readable(self) -> bool:
