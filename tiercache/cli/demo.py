@@ -49,14 +49,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--policy", default="training",
                    help=f"policy preset or TOML path (default training; presets: "
                         f"{', '.join(preset_names())})")  # fmt: skip
-    p.add_argument("--ram", default="50%",
-                   help="RAM tier capacity: bytes or a %% of the dataset (default 50%%)")
-    p.add_argument("--ssd", default="100%",
-                   help="SSD tier capacity: bytes or a %% of the dataset (default 100%%)")
-    p.add_argument("--window", type=int, default=8,
-                   help="shards mixed at a time by the shard-aware shuffle (default 8)")
-    p.add_argument("--no-prefetch", action="store_true",
-                   help="do not pass the sampler's order to the cache (no hints, no prefetch)")
+    p.add_argument(
+        "--ram",
+        default="50%",
+        help="RAM tier capacity: bytes or a %% of the dataset (default 50%%)",
+    )
+    p.add_argument(
+        "--ssd",
+        default="100%",
+        help="SSD tier capacity: bytes or a %% of the dataset (default 100%%)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=8,
+        help="shards mixed at a time by the shard-aware shuffle (default 8)",
+    )
+    p.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="do not pass the sampler's order to the cache (no hints, no prefetch)",
+    )
     p.add_argument("--source", metavar="URL",
                    help="read token files (.bin uint16 / .npy) from this bucket prefix or "
                         "directory instead of the synthetic dataset")  # fmt: skip
