@@ -15,10 +15,13 @@ for ``result``, ``reason``, ``op``, ``status`` and ``outcome``; never a key or a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -56,7 +59,15 @@ class CacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         cache = self.cache
         counts = cache.counters.snapshot()  # one snapshot: every metric of a scrape agrees
-        return iter(families(cache.config, counts, cache.index.totals()))
+        out = families(cache.config, counts, cache.index.totals())
+        live = GaugeMetricFamily(
+            "tiercache_processes",
+            "Live processes that have read through this cache (each keeps a counter file); "
+            "divides the data-wait rate into a per-process share of wall time.",
+        )
+        live.add_metric([], live_processes(cache.counters.dir))
+        out.append(live)
+        return iter(out)
 
 
 def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> list[Metric]:
@@ -235,6 +246,25 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
         [([], stats["data_wait_seconds"])],
     )
     return out
+
+
+def live_processes(directory: Path) -> int:
+    """Counter files whose owner is alive: each owner holds a shared lock for its lifetime.
+
+    A non-blocking exclusive lock that fails means someone still holds it; the lock is
+    dropped at once, so at worst the engine's fold of dead files waits for the next round.
+    """
+    alive = 0
+    for path in directory.glob("proc-*"):
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                alive += 1
+            finally:
+                os.close(fd)  # closing drops our lock, if we got it
+    return alive
 
 
 def registry_for(cache: Cache) -> CollectorRegistry:

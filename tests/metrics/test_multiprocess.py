@@ -76,6 +76,8 @@ def test_serve_metrics_sums_every_process(
         assert value(m, "tiercache_bytes_read_total", tier="origin") == misses * SIZE
         assert value(m, "tiercache_origin_requests_total", op="get", status="ok") == misses
         assert value(m, "tiercache_tier_entries", tier="ram") == len(shared) + PROCESSES
+        # Alive and counting: this process only; the exited children and the exporter not.
+        assert value(m, "tiercache_processes") == 1
         # Looking is not owning: once we stop being the engine, nobody holds its lock.
         close_all()
         fd = os.open(Path(config["tiers"][-1]["path"]) / "index" / "engine.lock", os.O_RDWR)
