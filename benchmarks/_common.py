@@ -17,8 +17,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -34,8 +37,9 @@ def moto_server() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -60,8 +64,11 @@ def upload(endpoint: str, bucket: str, objects: dict[str, bytes]) -> None:
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=bucket)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
-                      objects.items()))  # fmt: skip
+        list(
+            pool.map(
+                lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objects.items()
+            )
+        )
 
 
 def timed(fn: Any, *args: Any) -> float:
@@ -75,8 +82,13 @@ def best_of(n: int, fn: Any, *args: Any) -> float:
     return min(timed(fn, *args) for _ in range(n))
 
 
-def report(title: str, rows: list[dict[str, Any]], columns: list[str], as_json: bool,
-           extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+def report(
+    title: str,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    as_json: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Print JSON (``--json``) or a readable table of ``rows``."""
     if as_json:
         print(json.dumps({"benchmark": title, "results": rows, **(extra or {})}, indent=2))

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,14 @@ MiB = 1 << 20
 def tiercache_config(root: Path, ram: int, verify: str = "on-change") -> dict[str, Any]:
     return {
         "tiers": [
-            {"name": "ram", "path": str(Path("/dev/shm") / root.name / "ram"), "capacity": ram,
-             "verify": verify},
+            {
+                "name": "ram",
+                "path": str(Path("/dev/shm") / root.name / "ram"),
+                "capacity": ram,
+                "verify": verify,
+            },
             {"name": "ssd", "path": str(root / "ssd"), "capacity": "2GiB"},
-        ],  # fmt: skip
+        ],
         "validation": {"mode": "ttl", "ttl_seconds": 600},
     }
 
@@ -59,8 +62,13 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
-    report("tiercache read path", rows, ["case", "what", "rate", "unit", "baseline", "ratio",
-                                         "floor"], args.json, extra)  # fmt: skip
+    report(
+        "tiercache read path",
+        rows,
+        ["case", "what", "rate", "unit", "baseline", "ratio", "floor"],
+        args.json,
+        extra,
+    )
 
 
 def run(endpoint: str, root: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -77,11 +85,25 @@ def run(endpoint: str, root: Path, args: argparse.Namespace) -> tuple[list[dict]
     total = sum(len(v) for v in shards.values())
     rows: list[dict[str, Any]] = []
 
-    def row(case: str, what: str, rate: float, unit: str, baseline: float | None,
-            floor: float | None = None) -> None:  # fmt: skip
-        rows.append({"case": case, "what": what, "rate": rate, "unit": unit,
-                     "baseline": baseline, "ratio": rate / baseline if baseline else None,
-                     "floor": floor})  # fmt: skip
+    def row(
+        case: str,
+        what: str,
+        rate: float,
+        unit: str,
+        baseline: float | None,
+        floor: float | None = None,
+    ) -> None:
+        rows.append(
+            {
+                "case": case,
+                "what": what,
+                "rate": rate,
+                "unit": unit,
+                "baseline": baseline,
+                "ratio": rate / baseline if baseline else None,
+                "floor": floor,
+            }
+        )
 
     # -- cold ---------------------------------------------------------------------------------
     import s3fs
@@ -91,14 +113,23 @@ def run(endpoint: str, root: Path, args: argparse.Namespace) -> tuple[list[dict]
     raw_rate = total / raw_s / 1e6
     row("cold", "s3fs.cat(paths), concurrent GETs", raw_rate, "MB/s", None)
 
-    simple = fsspec.filesystem("simplecache", target_protocol="s3", target_options=opts,
-                               cache_storage=str(root / "simplecache"), skip_instance_cache=True)  # fmt: skip
+    simple = fsspec.filesystem(
+        "simplecache",
+        target_protocol="s3",
+        target_options=opts,
+        cache_storage=str(root / "simplecache"),
+        skip_instance_cache=True,
+    )
     simple_cold_s = timed(lambda: [simple.cat_file(p) for p in paths])
     simple_cold = total / simple_cold_s / 1e6
     row("cold", "simplecache cat_file, sequential", simple_cold, "MB/s", raw_rate)
 
-    fs = TierCacheFileSystem(config=tiercache_config(root, 1024 * MiB), target_protocol="s3",
-                             target_options=opts, skip_instance_cache=True)  # fmt: skip
+    fs = TierCacheFileSystem(
+        config=tiercache_config(root, 1024 * MiB),
+        target_protocol="s3",
+        target_options=opts,
+        skip_instance_cache=True,
+    )
     warm_s = timed(lambda: fs.warm(paths, progress=False))
     warm_rate = total / warm_s / 1e6
     row("cold", "tiercache warm (prefix)", warm_rate, "MB/s", raw_rate, 0.8)
@@ -140,11 +171,20 @@ def run(endpoint: str, root: Path, args: argparse.Namespace) -> tuple[list[dict]
     row("warm 4 MiB", "tiercache RAM cat_file", cat_rate, "GB/s", local_rate, 0.75)
     row("warm 4 MiB", "tiercache RAM open().read()", open_rate, "GB/s", local_rate, 0.75)
     row("warm 4 MiB", "tiercache RAM cat_file vs simplecache", cat_rate, "GB/s", simple_rate, 2.0)
-    row("warm 4 MiB", "tiercache RAM open().read() vs simplecache", open_rate, "GB/s",
-        simple_rate, 2.0)  # fmt: skip
-    strict = TierCacheFileSystem(config=tiercache_config(root / "strict", 1024 * MiB, "always"),
-                                 target_protocol="s3", target_options=opts,
-                                 skip_instance_cache=True)  # fmt: skip
+    row(
+        "warm 4 MiB",
+        "tiercache RAM open().read() vs simplecache",
+        open_rate,
+        "GB/s",
+        simple_rate,
+        2.0,
+    )
+    strict = TierCacheFileSystem(
+        config=tiercache_config(root / "strict", 1024 * MiB, "always"),
+        target_protocol="s3",
+        target_options=opts,
+        skip_instance_cache=True,
+    )
     strict.warm(paths, progress=False)
     strict_rate = total / best_of(n, lambda: [strict.cat_file(p) for p in paths]) / 1e9
     row("warm 4 MiB", "tiercache RAM cat_file, verify=always", strict_rate, "GB/s", local_rate)
@@ -157,13 +197,27 @@ def run(endpoint: str, root: Path, args: argparse.Namespace) -> tuple[list[dict]
     close_all()  # hand the engine over: the probe process measures what an engine holds
     probe = subprocess.run(
         [sys.executable, __file__, "--probe-small"],
-        input=json.dumps({"config": tiercache_config(root, 1024 * MiB), "options": opts,
-                          "paths": small_paths, "rounds": n}),
-        stdout=subprocess.PIPE, text=True, check=True,
-    )  # fmt: skip
+        input=json.dumps(
+            {
+                "config": tiercache_config(root, 1024 * MiB),
+                "options": opts,
+                "paths": small_paths,
+                "rounds": n,
+            }
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
     small_result = json.loads(probe.stdout)
-    row("4 KiB hits", "tiercache cat_file, fresh process", small_result["hits_per_s"], "hits/s",
-        50_000.0, 1.0)  # fmt: skip
+    row(
+        "4 KiB hits",
+        "tiercache cat_file, fresh process",
+        small_result["hits_per_s"],
+        "hits/s",
+        50_000.0,
+        1.0,
+    )
     extra = {
         "data_bytes": total,
         "engine_bytes_per_entry": small_result["engine_bytes_per_entry"],
@@ -180,8 +234,9 @@ def probe_small() -> None:
     from tiercache import TierCacheFileSystem
 
     job = json.loads(sys.stdin.read())
-    fs = TierCacheFileSystem(config=job["config"], target_protocol="s3",
-                             target_options=job["options"])  # fmt: skip
+    fs = TierCacheFileSystem(
+        config=job["config"], target_protocol="s3", target_options=job["options"]
+    )
     paths = job["paths"]
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -192,18 +247,20 @@ def probe_small() -> None:
     entries = sum(t["entries"] for t in fs.stats()["tiers"].values())
     for p in paths:  # first touch validates against one listing per prefix
         fs.cat_file(p)
-    best = min(
-        timed(lambda: [fs.cat_file(p) for p in paths]) for _ in range(job["rounds"])
-    )
+    best = min(timed(lambda: [fs.cat_file(p) for p in paths]) for _ in range(job["rounds"]))
     hits_per_s = len(paths) / best
     index_file = Path(job["config"]["tiers"][-1]["path"]) / "index" / "index.lmdb"
     used = index_file.stat().st_blocks * 512
-    print(json.dumps({
-        "hits_per_s": hits_per_s,
-        "entries": entries,
-        "engine_bytes_per_entry": (after - before) / entries,
-        "index_bytes_per_entry": used / entries,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "hits_per_s": hits_per_s,
+                "entries": entries,
+                "engine_bytes_per_entry": (after - before) / entries,
+                "index_bytes_per_entry": used / entries,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -107,17 +107,29 @@ def cache_dirs() -> Iterator[dict[str, Path]]:
     shutil.rmtree(ssd, ignore_errors=True)
 
 
-def make_config(dirs: dict[str, Path], ram: str | int = "8MiB", ssd: str | int = "32MiB",
-                **extra: Any) -> dict[str, Any]:  # fmt: skip
+def make_config(
+    dirs: dict[str, Path], ram: str | int = "8MiB", ssd: str | int = "32MiB", **extra: Any
+) -> dict[str, Any]:
     """A two-tier config dict in ``dirs``; ``extra`` sections/keys override the defaults."""
     tier_extra = extra.pop("tier_extra", {})
     config: dict[str, Any] = {
         "tiers": [
-            {"name": "ram", "path": str(dirs["ram"]), "capacity": ram, "eviction": "lru",
-             "verify": "on-change", **tier_extra.get("ram", {})},
-            {"name": "ssd", "path": str(dirs["ssd"] / "ssd"), "capacity": ssd,
-             "eviction": "lru", **tier_extra.get("ssd", {})},
-        ],  # fmt: skip
+            {
+                "name": "ram",
+                "path": str(dirs["ram"]),
+                "capacity": ram,
+                "eviction": "lru",
+                "verify": "on-change",
+                **tier_extra.get("ram", {}),
+            },
+            {
+                "name": "ssd",
+                "path": str(dirs["ssd"] / "ssd"),
+                "capacity": ssd,
+                "eviction": "lru",
+                **tier_extra.get("ssd", {}),
+            },
+        ],
         "validation": {"mode": "ttl", "ttl_seconds": 60},
     }
     config.update(extra)
@@ -134,8 +146,9 @@ def tcfs(config: dict[str, Any], s3_server: S3) -> Any:
     """A TierCacheFileSystem over the moto server with the default two-tier test config."""
     from tiercache import TierCacheFileSystem
 
-    return TierCacheFileSystem(config=config, target_protocol="s3",
-                               target_options=s3_server.options)  # fmt: skip
+    return TierCacheFileSystem(
+        config=config, target_protocol="s3", target_options=s3_server.options
+    )
 
 
 def put_objects(s3: S3, bucket: str, objects: dict[str, bytes]) -> None:

@@ -30,7 +30,7 @@ from fsspec import AbstractFileSystem
 from .config import Config
 from .counters import Counters
 from .engine import Engine
-from .index import Entry, Index, blob_id_for
+from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
 from .origin import Origin, OriginError
 from .tiers.store import CorruptBlobError, TierStore
@@ -129,11 +129,13 @@ class Cache:
         from .simulate import access_log_line
 
         name = None if tier is None else self.config.tier_names[tier]
-        os.write(self._trace_fd, access_log_line(time.time(), key, size, name, tier is not None)
-                 .encode())  # fmt: skip
+        os.write(
+            self._trace_fd, access_log_line(time.time(), key, size, name, tier is not None).encode()
+        )
 
-    def read(self, origin: Origin, path: str, start: int | None = None,
-             end: int | None = None) -> bytes:  # fmt: skip
+    def read(
+        self, origin: Origin, path: str, start: int | None = None, end: int | None = None
+    ) -> bytes:
         """Whole object or ``[start, end)`` (negative values count from the end, as fsspec)."""
         blob = self.locate(origin, path)
         size = blob.entry.size
@@ -284,8 +286,9 @@ class Cache:
             time.sleep(0.02)
         raise EngineUnavailable(f"the engine for {self.config.index_path} did not start")
 
-    def engine_call(self, op: str, _payload: bytes = b"", _oneway: bool = False,
-                    **fields: Any) -> tuple[dict[str, Any], bytes]:  # fmt: skip
+    def engine_call(
+        self, op: str, _payload: bytes = b"", _oneway: bool = False, **fields: Any
+    ) -> tuple[dict[str, Any], bytes]:
         """Send one request to the engine, wherever it runs; re-elect if it died."""
         header = {"op": op, **fields}
         for attempt in range(5):

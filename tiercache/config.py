@@ -222,8 +222,14 @@ class _Reader:
     def error(self, key: str, value: Any, allowed: str) -> ConfigError:
         return ConfigError(f"{self.origin}: {self.prefix}{key} = {value!r} is invalid; {allowed}")
 
-    def pop(self, key: str, kind: type | tuple[type, ...], *, default: Any = None,
-            required: bool = False) -> Any:  # fmt: skip
+    def pop(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        *,
+        default: Any = None,
+        required: bool = False,
+    ) -> Any:
         self.known.append(key)
         if key not in self.data:
             if required:
@@ -247,8 +253,14 @@ class _Reader:
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             dict: "a table", list: "a list"}  # fmt: skip
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "a table",
+        list: "a list",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 

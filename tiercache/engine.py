@@ -54,8 +54,9 @@ class FetchResult:
 class Engine:
     """Placement, promotion, demotion, eviction and single-flight fetch for one cache."""
 
-    def __init__(self, config: Config, index: Index, stores: list[TierStore],
-                 counters: Counters) -> None:  # fmt: skip
+    def __init__(
+        self, config: Config, index: Index, stores: list[TierStore], counters: Counters
+    ) -> None:
         self.config = config
         self.index = index
         self.stores = stores
@@ -161,8 +162,7 @@ class Engine:
             if not prefetch:
                 self._prefetch.consumed(blob_id_for(key))
 
-    def _fetch_and_place(self, origin: Origin, path: str, key: str,
-                         prefetch: bool) -> FetchResult:  # fmt: skip
+    def _fetch_and_place(self, origin: Origin, path: str, key: str, prefetch: bool) -> FetchResult:
         current = self.index.get(key)
         if current is not None:
             # Someone stored it while we queued (another engine thread, a prefetch).
@@ -173,8 +173,7 @@ class Engine:
         entry = self.admit(key, data, version, prefetch=prefetch)
         return FetchResult(entry, data)
 
-    def admit(self, key: str, data: bytes, version: str, *, prefetch: bool = False
-              ) -> Entry | None:  # fmt: skip
+    def admit(self, key: str, data: bytes, version: str, *, prefetch: bool = False) -> Entry | None:
         """Store fetched bytes by policy; returns the entry, or None if no tier took it.
 
         A demand miss is an access: every tier's policy records it, so clairvoyant policies
@@ -200,9 +199,17 @@ class Engine:
             self.counters.add("not_admitted")
             return None
 
-    def _place(self, tier: int, key: str, blob_id: str, data: bytes,
-               stored: bytes | memoryview, compressed: bool, version: str,
-               hits: int = 0) -> Entry | None:  # fmt: skip
+    def _place(
+        self,
+        tier: int,
+        key: str,
+        blob_id: str,
+        data: bytes,
+        stored: bytes | memoryview,
+        compressed: bool,
+        version: str,
+        hits: int = 0,
+    ) -> Entry | None:
         """Write one blob into ``tier``, evicting (demoting) what must make room.
 
         Returns None when the tier's disk cannot take it; the caller tries the next tier.
@@ -286,8 +293,9 @@ class Engine:
                 raise
             self.counters.add("bypass_full", tier=tier)
             return None
-        moved = Entry(entry.key, tier, entry.size, meta, entry.version, entry.last_access,
-                      0, entry.blob_id)  # fmt: skip
+        moved = Entry(
+            entry.key, tier, entry.size, meta, entry.version, entry.last_access, 0, entry.blob_id
+        )
         w.put(moved)
         self._delete_blobs(self._evict(w, tier, victims))
         return moved
@@ -356,8 +364,10 @@ class Engine:
                     problems.append(f"tier {name}: {len(orphans)} blob file(s) with no entry")
                 files_on_disk[name] = sum(on_disk.values())
                 if sums[name]["used_bytes"] > store.config.capacity:
-                    problems.append(f"tier {name}: {sums[name]['used_bytes']} bytes used, "
-                                    f"capacity {store.config.capacity}")  # fmt: skip
+                    problems.append(
+                        f"tier {name}: {sums[name]['used_bytes']} bytes used, "
+                        f"capacity {store.config.capacity}"
+                    )
             try:
                 self.check()
             except AssertionError as exc:
@@ -385,8 +395,7 @@ class Engine:
 
     def index_entries_in(self, w: IndexWriter) -> list[Entry]:
         """Entries as the open write transaction ``w`` sees them."""
-        return [Entry.unpack(v, bytes(k).decode())
-                for k, v in w.txn.cursor(db=self.index.entries)]  # fmt: skip
+        return [Entry.unpack(v, bytes(k).decode()) for k, v in w.txn.cursor(db=self.index.entries)]
 
     def clear(self, tier: str | None = None) -> dict[str, int]:
         """Drop every entry (of one tier, or all); the origin still has everything."""

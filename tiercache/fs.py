@@ -33,9 +33,14 @@ class TierCacheFileSystem(ChainedFileSystem):
 
     protocol = "tiercache"
 
-    def __init__(self, config: Config | dict[str, Any] | str | os.PathLike[str] | None = None,
-                 target_protocol: str | None = None, target_options: dict[str, Any] | None = None,
-                 fs: AbstractFileSystem | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config | dict[str, Any] | str | os.PathLike[str] | None = None,
+        target_protocol: str | None = None,
+        target_options: dict[str, Any] | None = None,
+        fs: AbstractFileSystem | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.pop("fo", None)  # the chained URL's path; we are handed paths per call instead
         super().__init__(**kwargs)
         if fs is not None and target_protocol is not None:
@@ -46,8 +51,9 @@ class TierCacheFileSystem(ChainedFileSystem):
                     "tiercache needs an origin: target_protocol='s3' (with target_options) "
                     "or fs=<an fsspec filesystem>, or a chained URL 'tiercache::s3://bucket/key'"
                 )
-            fs = fsspec.filesystem(target_protocol, **_origin_options(target_protocol,
-                                                                      target_options))
+            fs = fsspec.filesystem(
+                target_protocol, **_origin_options(target_protocol, target_options)
+            )
         self.fs = fs
         self.config = load_config(config)
         self.cache: Cache = open_cache(self.config)
@@ -76,12 +82,14 @@ class TierCacheFileSystem(ChainedFileSystem):
         return self._origin
 
     # -- reading ----------------------------------------------------------------------------------
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
-                 **kwargs: Any) -> bytes:  # fmt: skip
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
         return self.cache.read(self.origin, self._strip_protocol(path), start, end)
 
-    def cat(self, path: str | list[str], recursive: bool = False, on_error: str = "raise",
-            **kwargs: Any) -> bytes | dict[str, Any]:  # fmt: skip
+    def cat(
+        self, path: str | list[str], recursive: bool = False, on_error: str = "raise", **kwargs: Any
+    ) -> bytes | dict[str, Any]:
         paths = self.expand_path(path, recursive=recursive)
         single = isinstance(path, str) and len(paths) == 1 and not _has_magic(path)
         if single:
@@ -98,9 +106,15 @@ class TierCacheFileSystem(ChainedFileSystem):
                     out[p] = exc
         return out
 
-    def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
-              autocommit: bool = True, cache_options: dict[str, Any] | None = None,
-              **kwargs: Any) -> TierCacheFile:  # fmt: skip
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | None = None,
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> TierCacheFile:
         if mode != "rb":
             raise PermissionError(
                 f"tiercache is read-only: cannot open {path!r} with mode {mode!r}; "
@@ -157,8 +171,14 @@ class TierCacheFileSystem(ChainedFileSystem):
         eviction (``belady``) plans with them."""
         self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths])
 
-    def warm(self, paths: Iterable[str], *, progress: bool = True, on_error: str = "raise",
-             concurrency: int | None = None) -> dict[str, Any]:  # fmt: skip
+    def warm(
+        self,
+        paths: Iterable[str],
+        *,
+        progress: bool = True,
+        on_error: str = "raise",
+        concurrency: int | None = None,
+    ) -> dict[str, Any]:
         """Fetch ``paths`` into the cache concurrently; returns {"objects", "bytes", "errors"}."""
         from tqdm import tqdm
 

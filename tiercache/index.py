@@ -55,10 +55,17 @@ class Entry:
         key = self.key.encode("utf-8", "surrogatepass")
         flags = (_COMPRESSED if self.blob.compressed else 0) | (_SMALL if self.blob.small else 0)
         head = _HEAD.pack(
-            self.tier, flags, self.size, self.blob.stored_size, self.blob.checksum,
-            self.blob.ino, self.blob.mtime_ns, self.last_access, min(self.hits, 2**32 - 1),
+            self.tier,
+            flags,
+            self.size,
+            self.blob.stored_size,
+            self.blob.checksum,
+            self.blob.ino,
+            self.blob.mtime_ns,
+            self.last_access,
+            min(self.hits, 2**32 - 1),
             len(key),
-        )  # fmt: skip
+        )
         return head + key + self.version.encode()
 
     @classmethod
@@ -78,9 +85,15 @@ class Index:
         self.path = path
         self.tier_names = tier_names
         self.env = lmdb.open(
-            str(path / "index.lmdb"), subdir=False, map_size=16 * 1024**3, max_dbs=4,
-            max_readers=1024, metasync=False, sync=True, mode=0o600,
-        )  # fmt: skip
+            str(path / "index.lmdb"),
+            subdir=False,
+            map_size=16 * 1024**3,
+            max_dbs=4,
+            max_readers=1024,
+            metasync=False,
+            sync=True,
+            mode=0o600,
+        )
         self.entries = self.env.open_db(b"entries")
         self.meta = self.env.open_db(b"meta")
 
@@ -105,9 +118,7 @@ class Index:
         with self.env.begin(db=self.meta) as txn:
             raw = txn.get(b"totals")
         stored = json.loads(raw) if raw else {}
-        return {
-            name: stored.get(name, {"entries": 0, "used_bytes": 0}) for name in self.tier_names
-        }
+        return {name: stored.get(name, {"entries": 0, "used_bytes": 0}) for name in self.tier_names}
 
     def write(self) -> IndexWriter:
         """A write transaction that keeps the per-tier totals in step with the entries."""

@@ -64,9 +64,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 class EngineServer:
     """Accepts client connections and hands each request to ``handle`` in its own thread."""
 
-    def __init__(self, path: Path,
-                 handle: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None]
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        handle: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None],
+    ) -> None:
         self.path = path
         self.handle = handle
         with contextlib.suppress(FileNotFoundError):
@@ -96,8 +98,10 @@ class EngineServer:
                 try:
                     reply = self.handle(header, payload)
                 except Exception as exc:  # report to the client, keep serving others
-                    reply = ({"status": "error", "type": type(exc).__name__,
-                              "message": str(exc)}, b"")  # fmt: skip
+                    reply = (
+                        {"status": "error", "type": type(exc).__name__, "message": str(exc)},
+                        b"",
+                    )
                 if reply is not None:
                     try:
                         send(conn, *reply)

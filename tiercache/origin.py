@@ -24,8 +24,15 @@ log = logging.getLogger("tiercache.origin")
 T = TypeVar("T")
 
 #: Errors that say something about the request, not the weather: never retried.
-PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-             ValueError, TypeError, NotImplementedError)  # fmt: skip
+PERMANENT = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+    TypeError,
+    NotImplementedError,
+)
 
 
 #: ``call``'s ``what`` -> the ``op`` of the ``origin_<op>_<status>`` request counters.
@@ -54,8 +61,13 @@ def object_version(info: dict[str, Any]) -> str:
 class Origin:
     """Reads one origin filesystem on behalf of the cache."""
 
-    def __init__(self, fs: AbstractFileSystem, config: OriginConfig, counters: Counters,
-                 listing_ttl: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        config: OriginConfig,
+        counters: Counters,
+        listing_ttl: float = 60.0,
+    ) -> None:
         self.fs = fs
         self.config = config
         self.counters = counters
@@ -87,8 +99,9 @@ class Origin:
             except FileNotFoundError as exc:
                 self.counters.add(f"origin_{op}_not_found")
                 url = f"{self.protocol}://{self.strip(path)}"
-                raise FileNotFoundError(errno.ENOENT, f"no such object at the origin: {url}",
-                                        url) from exc  # fmt: skip
+                raise FileNotFoundError(
+                    errno.ENOENT, f"no such object at the origin: {url}", url
+                ) from exc
             except PERMANENT:
                 self.counters.add(f"origin_{op}_error")
                 raise

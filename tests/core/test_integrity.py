@@ -17,13 +17,15 @@ MiB = 1 << 20
 
 
 def fs_for(dirs: dict[str, Path], s3: S3, **kw: Any) -> Any:
-    return TierCacheFileSystem(config=make_config(dirs, **kw), target_protocol="s3",
-                               target_options=s3.options)  # fmt: skip
+    return TierCacheFileSystem(
+        config=make_config(dirs, **kw), target_protocol="s3", target_options=s3.options
+    )
 
 
 @pytest.mark.parametrize("tier", ["ram", "ssd"])
-def test_corrupted_blob_is_a_miss_and_a_repair(cache_dirs: dict[str, Path], s3_server: S3,
-                                                bucket: str, tier: str) -> None:  # fmt: skip
+def test_corrupted_blob_is_a_miss_and_a_repair(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, tier: str
+) -> None:
     body = os.urandom(MiB)
     put_objects(s3_server, bucket, {"c.bin": body})
     admission = {"admission": {"tier": tier}}
@@ -46,8 +48,9 @@ def test_corrupted_blob_is_a_miss_and_a_repair(cache_dirs: dict[str, Path], s3_s
     fs.cache.engine.check()
 
 
-def test_truncated_blob_is_repaired(cache_dirs: dict[str, Path], s3_server: S3,
-                                    bucket: str) -> None:  # fmt: skip
+def test_truncated_blob_is_repaired(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     body = os.urandom(MiB)
     put_objects(s3_server, bucket, {"t.bin": body})
     fs = fs_for(cache_dirs, s3_server)
@@ -58,8 +61,9 @@ def test_truncated_blob_is_repaired(cache_dirs: dict[str, Path], s3_server: S3,
         assert f.read() == body
 
 
-def test_corrupt_small_object_is_repaired(cache_dirs: dict[str, Path], s3_server: S3,
-                                          bucket: str) -> None:  # fmt: skip
+def test_corrupt_small_object_is_repaired(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     put_objects(s3_server, bucket, {"s.txt": b"small but precious"})
     fs = fs_for(cache_dirs, s3_server)
     fs.cat_file(f"{bucket}/s.txt")
@@ -71,8 +75,9 @@ def test_corrupt_small_object_is_repaired(cache_dirs: dict[str, Path], s3_server
 
 
 @pytest.mark.parametrize("validation", [{"mode": "always"}, {"mode": "ttl", "ttl_seconds": 0}])
-def test_changed_origin_object_is_refetched(cache_dirs: dict[str, Path], s3_server: S3,
-                                            bucket: str, validation: dict) -> None:  # fmt: skip
+def test_changed_origin_object_is_refetched(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, validation: dict
+) -> None:
     put_objects(s3_server, bucket, {"v.bin": b"version one"})
     fs = fs_for(cache_dirs, s3_server, validation=validation)
     assert fs.cat_file(f"{bucket}/v.bin") == b"version one"
@@ -84,8 +89,9 @@ def test_changed_origin_object_is_refetched(cache_dirs: dict[str, Path], s3_serv
     assert fs.stats()["stale_refetches"] == 1
 
 
-def test_ttl_validation_lists_once_per_prefix(cache_dirs: dict[str, Path], s3_server: S3,
-                                              bucket: str) -> None:  # fmt: skip
+def test_ttl_validation_lists_once_per_prefix(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     objs = {f"d/{i}": os.urandom(100) for i in range(20)}
     put_objects(s3_server, bucket, objs)
     warm = fs_for(cache_dirs, s3_server, validation={"mode": "ttl", "ttl_seconds": 3600})
@@ -97,8 +103,19 @@ def test_ttl_validation_lists_once_per_prefix(cache_dirs: dict[str, Path], s3_se
     for key, body in objs.items():
         assert warm.cat_file(f"{bucket}/{key}") == body
     reqs = s3_server.requests()
-    assert len([r for r in reqs if r["method"] == "GET" and "list-type" in r.get("url", "")
-                or r["method"] == "GET" and "prefix=" in r.get("url", "")]) == 1  # fmt: skip
+    assert (
+        len(
+            [
+                r
+                for r in reqs
+                if r["method"] == "GET"
+                and "list-type" in r.get("url", "")
+                or r["method"] == "GET"
+                and "prefix=" in r.get("url", "")
+            ]
+        )
+        == 1
+    )
     assert not [r for r in reqs if r["method"] == "HEAD"]
 
 
@@ -114,10 +131,15 @@ def test_dead_origin_still_serves_what_is_cached(cache_dirs: dict[str, Path]) ->
     client.create_bucket(Bucket="doomed")
     body = os.urandom(MiB)
     client.put_object(Bucket="doomed", Key="k.bin", Body=body)
-    config = make_config(cache_dirs, validation={"mode": "always"},
-                         origin={"retries": 1, "timeout_seconds": 2})  # fmt: skip
-    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}  # fmt: skip
+    config = make_config(
+        cache_dirs, validation={"mode": "always"}, origin={"retries": 1, "timeout_seconds": 2}
+    )
+    options = {
+        "endpoint_url": endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
     fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
     assert fs.cat_file("doomed/k.bin") == body
     server.stop()

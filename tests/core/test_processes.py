@@ -41,9 +41,7 @@ def test_concurrent_misses_across_processes_read_origin_once(
     ctx = mp.get_context(method)
     start_at = time.time() + (3.0 if method == "spawn" else 1.0)
     with ctx.Pool(4) as pool:
-        results = pool.starmap(
-            workers.read_at, [(config, s3_server.options, paths, start_at)] * 4
-        )
+        results = pool.starmap(workers.read_at, [(config, s3_server.options, paths, start_at)] * 4)
     expected = {f"{bucket}/{k}": digest(v) for k, v in objs.items()}
     assert all(r == expected for r in results)
     for key in objs:
@@ -55,12 +53,14 @@ def test_concurrent_misses_across_processes_read_origin_once(
     assert stats["origin"]["reads"] == 3
 
 
-def test_forked_child_reads_through_parent_engine(cache_dirs: dict[str, Path], s3_server: S3,
-                                                  bucket: str) -> None:  # fmt: skip
+def test_forked_child_reads_through_parent_engine(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     objs = {"a": os.urandom(MiB), "b": os.urandom(MiB)}
     put_objects(s3_server, bucket, objs)
-    fs = TierCacheFileSystem(config=make_config(cache_dirs), target_protocol="s3",
-                             target_options=s3_server.options)  # fmt: skip
+    fs = TierCacheFileSystem(
+        config=make_config(cache_dirs), target_protocol="s3", target_options=s3_server.options
+    )
     fs.cat_file(f"{bucket}/a")  # the parent becomes the engine
     assert fs.cache.is_engine
     r, w = os.pipe()
@@ -79,8 +79,9 @@ def test_forked_child_reads_through_parent_engine(cache_dirs: dict[str, Path], s
     assert fs.stats()["origin"]["reads"] == 2
 
 
-def test_engine_takeover_when_its_process_dies(cache_dirs: dict[str, Path], s3_server: S3,
-                                               bucket: str) -> None:  # fmt: skip
+def test_engine_takeover_when_its_process_dies(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     objs = {f"t/{i}": os.urandom(MiB) for i in range(6)}
     put_objects(s3_server, bucket, objs)
     config = make_config(cache_dirs, ram=3 * MiB)
@@ -102,8 +103,12 @@ def test_engine_takeover_when_its_process_dies(cache_dirs: dict[str, Path], s3_s
 
 def _start_filler(config: dict[str, Any], s3: S3, paths: list[str]) -> subprocess.Popen:
     args = json.dumps({"config": config, "options": s3.options, "paths": paths})
-    proc = subprocess.Popen([sys.executable, "-m", "tests.core.workers", args], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.core.workers", args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc

@@ -26,8 +26,9 @@ def objects(s3_server: S3, bucket: str) -> dict[str, bytes]:
     return objs
 
 
-def test_chained_url_reads_origin_bytes(objects: dict[str, bytes], bucket: str, s3_server: S3,
-                                        config: dict[str, Any]) -> None:  # fmt: skip
+def test_chained_url_reads_origin_bytes(
+    objects: dict[str, bytes], bucket: str, s3_server: S3, config: dict[str, Any]
+) -> None:
     url = f"tiercache::s3://{bucket}/shards/shard-00003.bin"
     with fsspec.open(url, tiercache={"config": config}, s3=s3_server.options) as f:
         assert f.read() == objects["shards/shard-00003.bin"]
@@ -44,10 +45,13 @@ def test_cat_file_whole_and_ranges(tcfs: Any, objects: dict[str, bytes], bucket:
         assert tcfs.cat_file(f"{bucket}/{key}", start=2, end=9) == body[2:9]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
-def test_random_ranges_match_origin(tcfs: Any, objects: dict[str, bytes], bucket: str,
-                                    data: st.DataObject) -> None:  # fmt: skip
+def test_random_ranges_match_origin(
+    tcfs: Any, objects: dict[str, bytes], bucket: str, data: st.DataObject
+) -> None:
     key = data.draw(st.sampled_from(sorted(objects)))
     body = objects[key]
     n = len(body)
@@ -85,7 +89,9 @@ def test_cat_many_paths_and_listings(tcfs: Any, objects: dict[str, bytes], bucke
     assert tcfs.exists(f"{bucket}/empty") and not tcfs.exists(f"{bucket}/nope")
     assert tcfs.ls(f"{bucket}/small", detail=False) == [f"{bucket}/small/hello.txt"]
     assert tcfs.glob(f"{bucket}/shards/shard-0000[12].bin") == [
-        f"{bucket}/shards/shard-00001.bin", f"{bucket}/shards/shard-00002.bin"]  # fmt: skip
+        f"{bucket}/shards/shard-00001.bin",
+        f"{bucket}/shards/shard-00002.bin",
+    ]
 
 
 def test_missing_object_names_the_path(tcfs: Any, bucket: str, objects: dict[str, bytes]) -> None:
@@ -102,8 +108,9 @@ def test_read_only(tcfs: Any, bucket: str, objects: dict[str, bytes]) -> None:
         tcfs.rm(f"{bucket}/empty")
 
 
-def test_hit_and_miss_counting(tcfs: Any, bucket: str, objects: dict[str, bytes],
-                               s3_server: S3) -> None:  # fmt: skip
+def test_hit_and_miss_counting(
+    tcfs: Any, bucket: str, objects: dict[str, bytes], s3_server: S3
+) -> None:
     key = f"{bucket}/shards/shard-00005.bin"
     size = len(objects["shards/shard-00005.bin"])
     s3_server.start_counting()

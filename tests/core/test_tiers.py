@@ -15,16 +15,18 @@ MiB = 1 << 20
 
 
 def fs_for(dirs: dict[str, Path], s3: S3, **kw: Any) -> Any:
-    return TierCacheFileSystem(config=make_config(dirs, **kw), target_protocol="s3",
-                               target_options=s3.options)  # fmt: skip
+    return TierCacheFileSystem(
+        config=make_config(dirs, **kw), target_protocol="s3", target_options=s3.options
+    )
 
 
 def blobs_on_disk(root: Path) -> int:
     return sum(p.stat().st_size for p in (root / "blobs").rglob("*") if p.is_file())
 
 
-def test_capacity_is_held_and_evictions_demote(cache_dirs: dict[str, Path], s3_server: S3,
-                                               bucket: str) -> None:  # fmt: skip
+def test_capacity_is_held_and_evictions_demote(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     objs = {f"o{i}": os.urandom(MiB) for i in range(12)}
     put_objects(s3_server, bucket, objs)
     fs = fs_for(cache_dirs, s3_server, ram=3 * MiB, ssd=5 * MiB)
@@ -46,8 +48,9 @@ def test_capacity_is_held_and_evictions_demote(cache_dirs: dict[str, Path], s3_s
     fs.cache.engine.check()
 
 
-def test_promotion_after_configured_hits(cache_dirs: dict[str, Path], s3_server: S3,
-                                         bucket: str) -> None:  # fmt: skip
+def test_promotion_after_configured_hits(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     objs = {f"p{i}": os.urandom(MiB) for i in range(4)}
     put_objects(s3_server, bucket, objs)
     fs = fs_for(cache_dirs, s3_server, ram=2 * MiB, ssd=8 * MiB, promotion={"hits": 2})
@@ -76,8 +79,9 @@ def test_lz4_tier_round_trip(cache_dirs: dict[str, Path], s3_server: S3, bucket:
     tokens = b"".join(rng.choices(vocab, k=300_000))  # token ids: compressible
     noise = os.urandom(len(tokens))  # incompressible: stored raw
     put_objects(s3_server, bucket, {"tokens.bin": tokens, "noise.bin": noise})
-    fs = fs_for(cache_dirs, s3_server, ram=2 * MiB, ssd=8 * MiB,
-                tier_extra={"ssd": {"compression": "lz4"}})  # fmt: skip
+    fs = fs_for(
+        cache_dirs, s3_server, ram=2 * MiB, ssd=8 * MiB, tier_extra={"ssd": {"compression": "lz4"}}
+    )
     fs.cat_file(f"{bucket}/tokens.bin")
     fs.cat_file(f"{bucket}/noise.bin")  # pushes tokens.bin out of RAM into the lz4 tier
     entry = fs.cache.index.get(f"s3://{bucket}/tokens.bin")
@@ -90,8 +94,9 @@ def test_lz4_tier_round_trip(cache_dirs: dict[str, Path], s3_server: S3, bucket:
         assert f.read(10) == tokens[123_456:123_466]
 
 
-def test_small_objects_live_in_the_index_store(cache_dirs: dict[str, Path], s3_server: S3,
-                                               bucket: str) -> None:  # fmt: skip
+def test_small_objects_live_in_the_index_store(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     objs = {f"tiny/{i}": os.urandom(4096) for i in range(50)}
     put_objects(s3_server, bucket, objs)
     fs = fs_for(cache_dirs, s3_server)
@@ -117,13 +122,15 @@ def test_object_larger_than_every_tier_is_served_not_stored(
     assert stats["not_admitted"] == 2  # both reads went to the origin; no tier could take it
 
 
-def test_full_disk_is_skipped_not_raised(cache_dirs: dict[str, Path], s3_server: S3,
-                                         bucket: str) -> None:  # fmt: skip
+def test_full_disk_is_skipped_not_raised(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
     body = os.urandom(MiB)
     put_objects(s3_server, bucket, {"x": body})
     # A min_free larger than the filesystem: the SSD tier can never take anything.
-    fs = fs_for(cache_dirs, s3_server, ram=MiB // 2, ssd=8 * MiB,
-                tier_extra={"ssd": {"min_free": "100%"}})  # fmt: skip
+    fs = fs_for(
+        cache_dirs, s3_server, ram=MiB // 2, ssd=8 * MiB, tier_extra={"ssd": {"min_free": "100%"}}
+    )
     assert fs.cat_file(f"{bucket}/x") == body
     assert fs.stats()["tiers"]["ssd"]["bypass_full"] >= 1
     assert fs.stats()["tiers"]["ssd"]["entries"] == 0
@@ -138,8 +145,9 @@ def test_full_disk_is_skipped_not_raised(cache_dirs: dict[str, Path], s3_server:
         ({"colour": "red"}, "unknown key tiers[0].colour"),
     ],
 )
-def test_invalid_config_names_key_value_and_allowed(cache_dirs: dict[str, Path], bad: dict,
-                                                    message: str) -> None:  # fmt: skip
+def test_invalid_config_names_key_value_and_allowed(
+    cache_dirs: dict[str, Path], bad: dict, message: str
+) -> None:
     from tiercache import ConfigError, load_config
 
     config = make_config(cache_dirs)
@@ -153,8 +161,10 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     from tiercache import ConfigError, load_config
 
     toml = tmp_path / "my.toml"
-    toml.write_text(f'[[tiers]]\nname = "ram"\npath = "{tmp_path}/r"\ncapacity = "10%"\n'
-                    '[validation]\nmode = "often"\n')  # fmt: skip
+    toml.write_text(
+        f'[[tiers]]\nname = "ram"\npath = "{tmp_path}/r"\ncapacity = "10%"\n'
+        '[validation]\nmode = "often"\n'
+    )
     with pytest.raises(ConfigError, match=r"my.toml: validation.mode = 'often' is invalid"):
         load_config(str(toml))
     toml.write_text(f'[[tiers]]\nname = "ram"\npath = "{tmp_path}/r"\ncapacity = "10%"\n')

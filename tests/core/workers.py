@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 
-def read_at(config: dict[str, Any], options: dict[str, Any], paths: list[str],
-            start_at: float) -> dict[str, str]:  # fmt: skip
+def read_at(
+    config: dict[str, Any], options: dict[str, Any], paths: list[str], start_at: float
+) -> dict[str, str]:
     """Wait until ``start_at`` so every process misses at once, then read ``paths``."""
     from tiercache import TierCacheFileSystem
 

@@ -17,8 +17,9 @@ def register(subparsers: Any) -> None:
         description="Exit status 0 when the cache is consistent (or was repaired), 1 if not.",
     )
     add_config_args(p)
-    p.add_argument("--repair", action="store_true",
-                   help="drop bad entries, delete orphans, recompute totals")  # fmt: skip
+    p.add_argument(
+        "--repair", action="store_true", help="drop bad entries, delete orphans, recompute totals"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -30,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        state = "consistent" if report["ok"] else (
-            "repaired" if report["repaired"] else "INCONSISTENT")  # fmt: skip
+        state = (
+            "consistent" if report["ok"] else ("repaired" if report["repaired"] else "INCONSISTENT")
+        )
         print(f"{report['entries']} entries checked: {state}")
         for problem in report["problems"]:
             print(f"  {problem}")

@@ -24,10 +24,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("urls", nargs="+", metavar="URL")
     add_config_args(p)
-    p.add_argument("--target-options", metavar="JSON", default="{}",
-                   help='origin filesystem options, e.g. \'{"endpoint_url": "http://..."}\'')  # fmt: skip
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="parallel origin reads (default: [origin] concurrency)")  # fmt: skip
+    p.add_argument(
+        "--target-options",
+        metavar="JSON",
+        default="{}",
+        help='origin filesystem options, e.g. \'{"endpoint_url": "http://..."}\'',
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="parallel origin reads (default: [origin] concurrency)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -58,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
         protocol = fsspec.core.split_protocol(url)[0] or "file"
         origin, files = origin_files(url, _with_env_endpoint(protocol, options))
         fs = TierCacheFileSystem(config=config, fs=origin)
-        done = fs.warm(files, progress=not args.json, on_error="omit",
-                       concurrency=args.concurrency)  # fmt: skip
+        done = fs.warm(files, progress=not args.json, on_error="omit", concurrency=args.concurrency)
         totals["objects"] += done["objects"]
         totals["bytes"] += done["bytes"]
         totals["errors"].update(done["errors"])
@@ -69,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(totals))
     else:
-        print(f"warmed {totals['objects']} objects, {format_size(totals['bytes'])} in "
-              f"{seconds:.1f} s ({format_size(totals['bytes_per_s'])}/s)")  # fmt: skip
+        print(
+            f"warmed {totals['objects']} objects, {format_size(totals['bytes'])} in "
+            f"{seconds:.1f} s ({format_size(totals['bytes_per_s'])}/s)"
+        )
         for path, error in totals["errors"].items():
             print(f"  failed: {path}: {error}")
     return 1 if totals["errors"] else 0

@@ -18,10 +18,10 @@ import contextlib
 import errno
 import mmap
 import os
-import threading
-from collections import OrderedDict
 import secrets
+import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +81,15 @@ class TierStore:
         if self._small is None:
             map_size = max(256 * 1024**2, 4 * self.config.capacity)
             self._small = lmdb.open(
-                str(self.root / "small.lmdb"), subdir=False, map_size=map_size,
-                max_readers=1024, sync=self._durable, metasync=False, lock=True, mode=0o600,
-            )  # fmt: skip
+                str(self.root / "small.lmdb"),
+                subdir=False,
+                map_size=map_size,
+                max_readers=1024,
+                sync=self._durable,
+                metasync=False,
+                lock=True,
+                mode=0o600,
+            )
         return self._small
 
     # -- write ----------------------------------------------------------------------------------
@@ -100,8 +106,9 @@ class TierStore:
         stored, compressed = self.encode(data)
         return self.put_encoded(blob_id, stored, compressed, len(data))
 
-    def put_encoded(self, blob_id: str, stored: bytes | memoryview, compressed: bool,
-                    size: int) -> BlobMeta:  # fmt: skip
+    def put_encoded(
+        self, blob_id: str, stored: bytes | memoryview, compressed: bool, size: int
+    ) -> BlobMeta:
         """Store bytes already passed through :meth:`encode` (``size`` is the logical size)."""
         checksum = zlib.crc32(stored)
         if size <= self.config.small_object_bytes:
@@ -328,4 +335,3 @@ def _read_exact(fd: int, size: int, offset: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
-
