@@ -98,11 +98,15 @@ class Counters:
         self._mm: mmap.mmap | None = None
 
     def _open_own(self) -> memoryview:
-        path = self.dir / f"proc-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        name = f"proc-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = self.dir / f".new-{name}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         os.ftruncate(fd, _FILE_BYTES)
-        # A shared lock held for our lifetime says "alive" to whoever folds dead files.
+        # A shared lock held for our lifetime says "alive" to whoever folds dead files. It is
+        # taken before the file gets its proc- name: a folder must never see it unlocked,
+        # or it would fold it as dead and unlink it under us, losing our counts.
         fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(tmp, self.dir / name)
         self._fd = fd
         self._mm = mmap.mmap(fd, _FILE_BYTES)
         self._view = memoryview(self._mm).cast("Q")
@@ -123,17 +127,27 @@ class Counters:
         self.add(f"origin_bucket:{len(ORIGIN_BUCKETS)}")
 
     def snapshot(self) -> list[int]:
-        """The node-wide sum of every slot."""
+        """The node-wide sum of every slot.
+
+        Holds ``fold.lock`` shared so a fold cannot run halfway through the reading: between
+        its new ``retired`` and its unlinks a dead file would count twice, and the next
+        snapshot would be lower, which Prometheus reads as a counter reset.
+        """
         total = [0] * SLOTS
-        for path in self.dir.iterdir():
-            if not (path.name.startswith("proc-") or path.name == "retired"):
-                continue
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                data = path.read_bytes()
-                if len(data) == _FILE_BYTES:
-                    for i, v in enumerate(memoryview(data).cast("Q")):
-                        if v:
-                            total[i] += v
+        lock_fd = os.open(self.dir / "fold.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH)
+            for path in self.dir.iterdir():
+                if not (path.name.startswith("proc-") or path.name == "retired"):
+                    continue
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    data = path.read_bytes()
+                    if len(data) == _FILE_BYTES:
+                        for i, v in enumerate(memoryview(data).cast("Q")):
+                            if v:
+                                total[i] += v
+        finally:
+            os.close(lock_fd)
         return total
 
     def fold_dead(self) -> int:
