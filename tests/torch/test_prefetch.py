@@ -21,9 +21,8 @@ def _epoch_with_slow_consumer(url: str, options: dict[str, Any], config: dict[st
                               hint: bool) -> dict[str, Any]:  # fmt: skip
     ds = TokenDataset(url, seq_len=helpers.SEQ, storage_options=options, cache=config)
     sampler = ShardShuffleSampler(ds, seed=1, window=2, hint=hint)
-    # Read in this process (it runs the engine too), so that the counter holds waits for
-    # bytes only, not worker start-up; test_workers covers worker processes.
-    for _ in DataLoader(ds, batch_size=64, sampler=sampler, num_workers=0):
+    # One worker process reads; this process hints and runs the engine.
+    for _ in DataLoader(ds, batch_size=64, sampler=sampler, num_workers=1):
         time.sleep(0.005)  # the model step: time the prefetcher uses to run ahead
     ds.close()
     return ds.stats()
@@ -38,7 +37,8 @@ def test_prefetch_cuts_data_wait(s3_server: S3, bucket: str, tmp_path: Path) -> 
         dirs = {"ram": Path(f"/dev/shm/tiercache-test-pf-{tmp_path.name}-{hint}"),
                 "ssd": tmp_path / f"ssd-{hint}"}  # fmt: skip
         try:
-            config = make_config(dirs, ram="8MiB", ssd="8MiB")
+            # validation "never": no listing requests, so the counter holds waits for bytes
+            config = make_config(dirs, ram="8MiB", ssd="8MiB", validation={"mode": "never"})
             results[hint] = _epoch_with_slow_consumer(url, s3_server.options, config, hint)
         finally:
             close_all()
@@ -50,6 +50,5 @@ def test_prefetch_cuts_data_wait(s3_server: S3, bucket: str, tmp_path: Path) -> 
     assert cold["origin"]["reads"] == hinted["origin"]["reads"] == SHARDS
     # ...but with the hint the reader found nearly all of them already cached.
     assert hinted["misses"] < SHARDS // 4
-    # (the ratio on a real run is in benchmarks/dataloader.py; here only the direction,
-    # with margin: this process also runs the engine, whose threads compete for the GIL)
-    assert hinted["data_wait_seconds"] * 2 < cold["data_wait_seconds"], (hinted, cold)
+    print("data-wait s: cold", cold["data_wait_seconds"], "hinted", hinted["data_wait_seconds"])
+    assert hinted["data_wait_seconds"] * 4 < cold["data_wait_seconds"], (hinted, cold)

@@ -91,8 +91,9 @@ def test_state_at_the_end_of_an_epoch_points_at_the_next() -> None:
     assert s.state_dict() == {**s.state_dict(), "epoch": 1, "offset": 0}
 
 
-def test_resume_through_a_dataloader_with_workers(token_data: TokenData,
-                                                  torch_config: dict[str, Any]) -> None:  # fmt: skip
+def test_resume_through_a_dataloader_with_workers(
+    token_data: TokenData, torch_config: dict[str, Any]
+) -> None:
     ds = TokenDataset(token_data.url, seq_len=helpers.SEQ, storage_options=token_data.options,
                       cache=torch_config)  # fmt: skip
     batch = 32
@@ -117,8 +118,9 @@ def test_resume_through_a_dataloader_with_workers(token_data: TokenData,
     assert all(np.array_equal(a, b) for a, b in zip(seen, full, strict=True))
 
 
-def test_hinted_sampler_wraps_distributed_sampler(token_data: TokenData,
-                                                  torch_config: dict[str, Any]) -> None:  # fmt: skip
+def test_hinted_sampler_wraps_distributed_sampler(
+    token_data: TokenData, torch_config: dict[str, Any]
+) -> None:
     ds = TokenDataset(token_data.url, seq_len=helpers.SEQ, storage_options=token_data.options,
                       cache=torch_config)  # fmt: skip
     hinted: list[list[int]] = []

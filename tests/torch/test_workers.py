@@ -54,8 +54,9 @@ def test_workers_read_every_shard_from_s3_once(method: str, token_data: TokenDat
     assert stats["tiers"]["ram"]["hits"] + stats["tiers"]["ssd"]["hits"] > 0
 
 
-def test_pin_memory_and_fresh_workers_every_epoch(token_data: TokenData,
-                                                  torch_config: dict[str, Any]) -> None:  # fmt: skip
+def test_pin_memory_and_fresh_workers_every_epoch(
+    token_data: TokenData, torch_config: dict[str, Any]
+) -> None:
     ds = TokenDataset(token_data.url, seq_len=helpers.SEQ, storage_options=token_data.options,
                       cache=torch_config)  # fmt: skip
     sampler = ShardShuffleSampler(ds, seed=0)
@@ -68,8 +69,9 @@ def test_pin_memory_and_fresh_workers_every_epoch(token_data: TokenData,
             _check_epoch(rows, sampler.order(epoch).tolist(), token_data)
 
 
-def test_worker_count_zero_and_three_agree(token_data: TokenData,
-                                           torch_config: dict[str, Any]) -> None:  # fmt: skip
+def test_worker_count_zero_and_three_agree(
+    token_data: TokenData, torch_config: dict[str, Any]
+) -> None:
     ds = TokenDataset(token_data.url, seq_len=helpers.SEQ, storage_options=token_data.options,
                       cache=torch_config)  # fmt: skip
     runs = []
