@@ -77,7 +77,8 @@ class Engine:
         self._promote_queue: deque[str] = deque()
         self._prefetch = Prefetcher(self)
         self._stop = threading.Event()
-        self.rebuild()
+        #: What this engine found and fixed when it started (shown by ``verify``).
+        self.reconciled_at_start = self.rebuild()
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
@@ -341,15 +342,14 @@ class Engine:
                     problems.append(f"{entry.key}: entry points at unknown tier {entry.tier}")
                     bad.append(entry)
                     continue
+                t = sums[self.config.tier_names[entry.tier]]
+                t["entries"] += 1
+                t["used_bytes"] += entry.blob.stored_size
                 try:
                     self.stores[entry.tier].get(entry.blob_id, entry.blob, verify=True)
                 except (FileNotFoundError, CorruptBlobError) as exc:
                     problems.append(f"{entry.key}: {type(exc).__name__}: {exc}")
                     bad.append(entry)
-                    continue
-                t = sums[self.config.tier_names[entry.tier]]
-                t["entries"] += 1
-                t["used_bytes"] += entry.blob.stored_size
             totals = self.index.totals()
             for name, counted in sums.items():
                 if totals[name] != counted:
@@ -387,6 +387,7 @@ class Engine:
                 "entries": len(entries),
                 "problems": problems,
                 "repaired": repaired,
+                "reconciled_at_start": self.reconciled_at_start,
                 "tiers": {
                     name: {**sums[name], "blob_file_bytes": files_on_disk[name]}
                     for name in self.config.tier_names

@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{report['entries']} entries checked: {state}")
         for problem in report["problems"]:
             print(f"  {problem}")
+        fixed = {k: v for k, v in report.get("reconciled_at_start", {}).items() if v}
+        if fixed:
+            done = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in fixed.items())
+            print(f"  fixed when the engine started: {done}")
         for name, tier in report["tiers"].items():
             print(f"  {name}: {tier['entries']} entries, {tier['used_bytes']} bytes")
     return 0 if report["ok"] or report["repaired"] else 1
