@@ -108,7 +108,7 @@ class Cache:
                             self._record_access(entry)
                         return blob
                     continue  # moved or repaired while we looked: look again
-                blob = self._miss(origin, path, key)
+                blob = self._miss(origin, path, key, want_data=missed)
                 missed = True
                 if blob is not None:
                     self.counters.add("misses")
@@ -194,22 +194,29 @@ class Cache:
         self.engine_call("invalidate", key=key)
         return False
 
-    def _miss(self, origin: Origin, path: str, key: str) -> Blob | None:
+    def _miss(self, origin: Origin, path: str, key: str, want_data: bool) -> Blob | None:
+        """Have the engine fetch ``path``. Returns the bytes in hand, or None when they are
+        now in a tier (a remote engine stored them; the caller looks them up).
+
+        ``want_data`` asks a remote engine to send the bytes back too: used when an object
+        was evicted again between the engine storing it and this process reading it.
+        """
         engine = self._local_engine()
         if engine is not None:
             result = engine.fetch(origin, path)
-            if result.entry is None:
-                entry = _uncached_entry(key, result.data)
-                return Blob(entry, self.stores[0], result.data)
             self._validated[key] = time.monotonic()
+            if result.entry is None:
+                return Blob(_uncached_entry(key, result.data), self.stores[0], result.data)
             return Blob(result.entry, self.stores[result.entry.tier], result.data)
+        if origin.pickled is None:
+            origin.pickled = dump_origin(origin.fs)
         reply, payload = self.engine_call(
-            "fetch", _payload=dump_origin(origin.fs), path=origin.strip(path)
+            "fetch", _payload=origin.pickled, path=origin.strip(path), want_data=want_data
         )
         self._validated[key] = time.monotonic()
-        if reply["status"] == "uncached":
+        if reply["status"] == "data":
             return Blob(_uncached_entry(key, payload), self.stores[0], payload)
-        return None  # cached now: the next look-up finds it
+        return None
 
     def _record_access(self, entry: Entry) -> None:
         engine = self._engine if self.pid == os.getpid() else None
@@ -244,7 +251,9 @@ class Cache:
         if engine is not None:
             engine.hint(origin, stripped)
         else:
-            self.engine_call("hint", _oneway=True, _payload=dump_origin(origin.fs), paths=stripped)
+            if origin.pickled is None:
+                origin.pickled = dump_origin(origin.fs)
+            self.engine_call("hint", _oneway=True, _payload=origin.pickled, paths=stripped)
 
     # -- the engine: here, or reached over the socket -------------------------------------------
     def _local_engine(self) -> Engine | None:
@@ -334,8 +343,8 @@ class Cache:
             return None
         if op == "fetch":
             result = engine.fetch(origin, header["path"])
-            if result.entry is None:
-                return {"status": "uncached"}, result.data
+            if result.entry is None or header.get("want_data"):
+                return {"status": "data"}, result.data
             return {"status": "cached"}, b""
         raise ValueError(f"unknown engine request {op!r}")
 

@@ -6,7 +6,8 @@ connect: the socket lives in the private index directory with mode 0600.
 
 Requests (``op``):
 
-* ``fetch``  {origin, path}         -> {status: "cached" | "uncached" + payload | "error"}
+* ``fetch``  {path, want_data} + pickled origin
+                                    -> {status: "cached" | "data" + the bytes | "error"}
 * ``access`` {records: [[blob_id, tier, size], ...]}   one way, batched
 * ``hint``   {origin, paths}                            one way
 * ``invalidate`` {key}                -> {status: "ok"}

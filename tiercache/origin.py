@@ -78,6 +78,8 @@ class Origin:
         self._versions: dict[str, tuple[float, dict[str, str]]] = {}  # parent -> name -> version
         self._lock = threading.Lock()
         self._reported: set[str] = set()
+        #: The filesystem pickled once, for requests to an engine in another process.
+        self.pickled: bytes | None = None
 
     # -- naming ---------------------------------------------------------------------------------
     def strip(self, path: str) -> str:

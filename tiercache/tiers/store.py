@@ -20,6 +20,7 @@ import mmap
 import os
 import secrets
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class TierStore:
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()
         self._maps_lock = threading.Lock()
         self._mapped_bytes = 0
+        self._swept_at = 0.0
         # Shared memory cannot rot and fsync on it is a no-op; on a disk the rename must
         # not reach the platter before the bytes do.
         self._durable = not str(self.root).startswith("/dev/shm")
@@ -214,10 +216,14 @@ class TierStore:
                 self._mapped_bytes -= old.size
             self._maps[blob_id] = mapping
             self._mapped_bytes += mapping.size
-            # Drop mappings of blobs that were replaced or deleted, then the least recent.
-            for other_id, other in list(self._maps.items()):
-                if other_id != blob_id and not self._still_current(other_id, other):
-                    self._forget(other_id)
+            # Drop mappings of blobs that were replaced or deleted (at most a few times a
+            # second: a stat per mapping), then the least recently used.
+            now = time.monotonic()
+            if now - self._swept_at > _SWEEP_SECONDS:
+                self._swept_at = now
+                for other_id, other in list(self._maps.items()):
+                    if other_id != blob_id and not self._still_current(other_id, other):
+                        self._forget(other_id)
             while self._mapped_bytes > _MAP_BYTES or len(self._maps) > _MAP_COUNT:
                 self._forget(next(iter(self._maps)))
 
@@ -306,6 +312,7 @@ class TierStore:
 #: Per process and tier, at most this many bytes and blobs stay mapped for fast hits.
 _MAP_BYTES = 1024**3
 _MAP_COUNT = 512
+_SWEEP_SECONDS = 0.25
 
 
 @dataclass
