@@ -204,3 +204,31 @@ def test_docs_show_the_dashboards_queries() -> None:
     for title, exprs in dashboard_queries().items():
         for expr in exprs:
             assert expr in text, f"panel {title!r}: {expr} is not in docs/monitoring.md"
+
+
+def test_dashboard_is_importable_and_has_the_key_panels() -> None:
+    """What Grafana's import needs: a data-source input every query uses, unique panel ids,
+    targets with refIds and PromQL, and the panels operators look at first."""
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    (source,) = dashboard["__inputs"]
+    assert source["type"] == "datasource" and source["pluginId"] == "prometheus"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["type"] in ("stat", "timeseries")
+        assert set(panel["gridPos"]) == {"h", "w", "x", "y"}
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${" + source["name"] + "}"
+            assert target["refId"] and "tiercache_" in target["expr"]
+    titles = set(dashboard_queries())
+    assert {
+        "Hit ratio (overall)",
+        "Hit ratio per tier",
+        "Origin bytes/s",
+        "Data-wait share of wall time",
+        "Bytes/s by source",
+        "Evictions/s",
+    } <= titles
