@@ -219,7 +219,7 @@ class Cache:
         return None
 
     def _record_access(self, entry: Entry) -> None:
-        engine = self._engine if self.pid == os.getpid() else None
+        engine = self._engine  # reset to None in a forked child by the at-fork hook
         if engine is not None:
             engine.record_access(entry.blob_id, entry.tier, entry.blob.stored_size)
             return
@@ -468,8 +468,14 @@ def close_all() -> None:
         _CACHES.clear()
 
 
+#: Bumped in every forked child, so objects can notice a fork without a getpid() system call
+#: on every read (it costs microseconds on some virtual machines).
+FORKS = 0
+
+
 def _reset_in_child() -> None:
-    global _CACHES_LOCK
+    global _CACHES_LOCK, FORKS
+    FORKS += 1
     _CACHES_LOCK = threading.Lock()
     for cache in list(_LIVE):
         with contextlib.suppress(Exception):

@@ -73,7 +73,8 @@ class Engine:
             thread_name_prefix="tiercache-fetch",
         )
         self._promotion_hits: dict[str, int] = {}
-        self._touched: dict[str, float] = {}  # blob id -> last access, flushed in batches
+        #: blob id -> (last access, hits since the last flush), persisted in batches
+        self._touched: dict[str, tuple[float, int]] = {}
         self._promote_queue: deque[str] = deque()
         self._prefetch = Prefetcher(self)
         self._stop = threading.Event()
@@ -421,7 +422,8 @@ class Engine:
         with self._lock:
             for policy in self.policies:
                 policy.record(blob_id, size)
-            self._touched[blob_id] = time.time()
+            seen = self._touched.get(blob_id)
+            self._touched[blob_id] = (time.time(), seen[1] + 1 if seen else 1)
             if tier > 0 and blob_id in self.policies[tier]:
                 hits = self._promotion_hits.get(blob_id, 0) + 1
                 if hits >= self.config.promotion.hits:
@@ -459,18 +461,23 @@ class Engine:
 
     # -- background -------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        last_fold = 0.0
+        last_flush = last_fold = time.monotonic()
         while not self._stop.wait(0.2):
             try:
-                self._housekeeping_once()
-                if time.monotonic() - last_fold > 30:
+                while self._promote_queue:
+                    self.promote(self._promote_queue.popleft())
+                now = time.monotonic()
+                if now - last_flush > 5:
+                    self._flush_touched()
+                    last_flush = now
+                if now - last_fold > 30:
                     self.counters.fold_dead()
-                    last_fold = time.monotonic()
+                    last_fold = now
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
 
     def _housekeeping_once(self) -> None:
-        """Promotions that access records earned, then persisted access times."""
+        """Everything the housekeeper does, now (tests, shutdown)."""
         while self._promote_queue:
             self.promote(self._promote_queue.popleft())
         self._flush_touched()
@@ -479,14 +486,13 @@ class Engine:
         """Persist last-access times in one transaction, for the next engine's rebuild."""
         with self._lock:
             touched, self._touched = self._touched, {}
-            if not touched:
-                return
+        if touched:  # outside the engine lock: readers' access records never wait for this
             with self.index.write() as w:
-                for blob_id, when in touched.items():
+                for blob_id, (when, hits) in touched.items():
                     entry = w.get(blob_id)
                     if entry is not None:
                         entry.last_access = when
-                        entry.hits += 1
+                        entry.hits += hits
                         w.touch(entry)
 
     def submit(self, fn: object, *args: object) -> Future[object]:

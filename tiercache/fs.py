@@ -23,6 +23,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.chained import ChainedFileSystem
 
+from . import cache as cache_module
 from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
 from .origin import Origin, OriginError
@@ -58,7 +59,7 @@ class TierCacheFileSystem(ChainedFileSystem):
         self.config = load_config(config)
         self.cache: Cache = open_cache(self.config)
         self._origin = self.cache.origin_for(fs)
-        self._pid = os.getpid()
+        self._forks = cache_module.FORKS
 
         def _strip_protocol(path: Any) -> str:
             # Instance-level, as fsspec's own caching layers do: strip ours, then the origin's.
@@ -78,7 +79,7 @@ class TierCacheFileSystem(ChainedFileSystem):
         if self._pid != os.getpid():
             self.fs = pickle.loads(pickle.dumps(self.fs))
             self._origin = self.cache.origin_for(self.fs)
-            self._pid = os.getpid()
+            self._forks = cache_module.FORKS
         return self._origin
 
     # -- reading ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ retries, time limits, error counting and version extraction are done once, here.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import posixpath
 import random
@@ -47,6 +48,10 @@ class OriginChangedError(OSError):
     """The object changed at the origin while it was being read."""
 
 
+class OriginIntegrityError(OSError):
+    """A response body does not match the checksum the origin sent with it (retried)."""
+
+
 def object_version(info: dict[str, Any]) -> str:
     """A string that changes whenever the object's content does (ETag, else size+mtime)."""
     for key in ("ETag", "etag", "md5", "checksum"):
@@ -78,6 +83,7 @@ class Origin:
         self._versions: dict[str, tuple[float, dict[str, str]]] = {}  # parent -> name -> version
         self._lock = threading.Lock()
         self._reported: set[str] = set()
+        self._deadline = threading.local()  # of the call() running in this thread
         #: The filesystem pickled once, for requests to an engine in another process.
         self.pickled: bytes | None = None
 
@@ -86,8 +92,8 @@ class Origin:
         return self.fs._strip_protocol(path)
 
     def key(self, path: str) -> str:
-        """The cache key of an origin path: the full URL, so two origins never collide."""
-        return f"{self.protocol}://{self.strip(path)}"
+        """The cache key of a (stripped) origin path: the full URL, so origins never collide."""
+        return f"{self.protocol}://{path}"
 
     # -- reads ----------------------------------------------------------------------------------
     def call(self, what: str, path: str, fn: Callable[[], T]) -> T:
@@ -97,6 +103,7 @@ class Origin:
         op = _REQUEST_OP.get(what, "get")  # bounded metric label: get, head or list
         while True:
             try:
+                self._deadline.at = deadline
                 result = fn()
             except FileNotFoundError as exc:
                 self.counters.add(f"origin_{op}_not_found")
@@ -123,6 +130,32 @@ class Origin:
             else:
                 self.counters.add(f"origin_{op}_ok")
                 return result
+            finally:
+                self._deadline.at = None
+
+    def remaining(self) -> float | None:
+        """Seconds left of the :meth:`call` running in this thread (None outside one).
+
+        Attempts pass it on as their own time limit: a stalled body or a server that never
+        answers must not outlast ``timeout_seconds`` just because the socket stays open.
+        """
+        at = getattr(self._deadline, "at", None)
+        return None if at is None else max(0.001, at - time.monotonic())
+
+    def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``fs.<method>(...)`` within the current call's deadline.
+
+        For async filesystems (s3fs, gcsfs, http) the coroutine is cancelled when the time is
+        up; a blocking synchronous filesystem cannot be interrupted from here.
+        """
+        timeout = self.remaining()
+        if timeout is not None and getattr(self.fs, "async_impl", False) and self.fs.loop:
+            from fsspec.asyn import sync
+
+            return sync(
+                self.fs.loop, getattr(self.fs, f"_{method}"), *args, timeout=timeout, **kwargs
+            )
+        return getattr(self.fs, method)(*args, **kwargs)
 
     def _report(self, path: str, exc: Exception) -> None:
         if path not in self._reported:  # one log line per object, not one per retry
@@ -134,7 +167,7 @@ class Origin:
         if refresh:
             self.fs.invalidate_cache(path)
         self.counters.add("origin_heads")
-        return self.call("info", path, lambda: self.fs.info(path))
+        return self.call("info", path, lambda: self._run("info", path))
 
     def fetch(self, path: str) -> tuple[bytes, str]:
         """The whole object and its version; the length must match what the origin said."""
@@ -155,17 +188,17 @@ class Origin:
     def _read_versioned(self, path: str) -> tuple[bytes, int | None, str]:
         """(bytes, the size the origin announced, version) in as few requests as possible."""
         if _is_s3(self.fs):
-            return _s3_get(self.fs, path)
+            return _s3_get(self.fs, path, self.remaining())
         self.fs.invalidate_cache(path)
         self.counters.add("origin_heads")
-        info = self.fs.info(path)
+        info = self._run("info", path)
         if info.get("type") == "directory":
             raise IsADirectoryError(f"{self.protocol}://{path} is a directory")
-        return self.fs.cat_file(path), info.get("size"), object_version(info)
+        return self._run("cat_file", path), info.get("size"), object_version(info)
 
     def fetch_range(self, path: str, start: int, end: int) -> bytes:
         path = self.strip(path)
-        data = self.call("read", path, lambda: self.fs.cat_file(path, start=start, end=end))
+        data = self.call("read", path, lambda: self._run("cat_file", path, start=start, end=end))
         self.counters.add("origin_reads")
         self.counters.add("origin_bytes", len(data))
         return data
@@ -186,7 +219,7 @@ class Origin:
         try:
             self.fs.invalidate_cache(path)
             self.counters.add("origin_lists")
-            listing = self.call("listing", path, lambda: self.fs.ls(path, detail=True))
+            listing = self.call("listing", path, lambda: self._run("ls", path, detail=True))
         except OriginError:
             if cached:  # offline: the last known state beats an error
                 return cached[1]
@@ -221,11 +254,13 @@ def _is_s3(fs: AbstractFileSystem) -> bool:
     return type(fs).__module__.startswith("s3fs")
 
 
-def _s3_get(fs: Any, path: str) -> tuple[bytes, int | None, str]:
+def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, int | None, str]:
     """One GET whose response carries the ETag and length of exactly the bytes it returns.
 
     s3fs's ``cat_file`` would HEAD first and cannot tell us which version it read; the
-    response headers of the GET itself are the only atomic answer.
+    response headers of the GET itself are the only atomic answer. The body is checked
+    against the ETag where that is the body's MD5 (see :func:`_check_md5`), so bytes
+    damaged on the way are retried, never cached. ``timeout`` bounds the whole request.
     """
     from fsspec.asyn import sync
 
@@ -233,15 +268,39 @@ def _s3_get(fs: Any, path: str) -> tuple[bytes, int | None, str]:
     if not key:
         raise IsADirectoryError(f"s3://{path} is a bucket, not an object")
 
-    async def get() -> tuple[bytes, int | None, str]:
+    async def get() -> tuple[bytes, dict[str, Any]]:
         extra = {"VersionId": version_id} if version_id else {}
         resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **extra)
         try:
             body = await resp["Body"].read()
         finally:
             resp["Body"].close()
-        size = resp.get("ContentLength")
-        etag = str(resp.get("ETag", "")).strip(chr(34))
-        return body, size, f"{size}:{etag}"
+        return body, resp
 
-    return sync(fs.loop, get)
+    # Hash here, not in the coroutine: the event loop serves every other fetch meanwhile.
+    body, resp = sync(fs.loop, get, timeout=timeout)
+    size = resp.get("ContentLength")
+    etag = str(resp.get("ETag", "")).strip(chr(34))
+    _check_md5(f"s3://{path}", body, etag, resp)
+    return body, size, f"{size}:{etag}"
+
+
+def _check_md5(url: str, body: bytes, etag: str, resp: dict[str, Any]) -> None:
+    """Raise if ``body`` is not the object the ETag describes.
+
+    S3's ETag is the MD5 of the body for single-part uploads without SSE-KMS or SSE-C:
+    exactly 32 hex digits. Multipart ETags carry a ``-<parts>`` suffix, and KMS or
+    customer-key encryption makes the ETag something else; those are not checked here
+    (botocore checks the ``x-amz-checksum-*`` headers where the object has them).
+    """
+    if len(etag) != 32 or any(c not in "0123456789abcdef" for c in etag.lower()):
+        return
+    if str(resp.get("ServerSideEncryption", "")).startswith("aws:kms"):
+        return
+    if resp.get("SSECustomerAlgorithm"):
+        return
+    digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    if digest != etag.lower():
+        raise OriginIntegrityError(
+            f"{url}: body of {len(body)} bytes has MD5 {digest}, the origin's ETag says {etag}"
+        )
