@@ -61,10 +61,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_s3_server(timeout: float = 30.0) -> S3Server:
-    """Start ``python -m moto.server`` on a free loopback port and wait until it answers."""
+def start_s3_server(timeout: float = 30.0, env: dict[str, str] | None = None) -> S3Server:
+    """Start ``python -m moto.server`` on a free loopback port and wait until it answers.
+
+    ``env`` adds environment variables for the server (e.g. moto's request recorder).
+    """
     port = _free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           **(env or {})}  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
