@@ -98,8 +98,13 @@ class Recorder:
         return {"gets": gets, "bytes": nbytes}
 
 
-def measure(loader: Any, args: argparse.Namespace, recorder: Recorder,
-            stats: Callable[[], dict[str, Any]] | None, name: str) -> list[dict[str, Any]]:  # fmt: skip
+def measure(
+    loader: Any,
+    args: argparse.Namespace,
+    recorder: Recorder,
+    stats: Callable[[], dict[str, Any]] | None,
+    name: str,
+) -> list[dict[str, Any]]:
     """Three epochs; origin bytes of each from the recorder."""
     trainer = Trainer() if args.step == "model" else None
 
@@ -334,8 +339,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--window", type=int, default=8)
-    p.add_argument("--step", choices=["none", "model"], default="none",
-                   help="per-batch work: 'none' touches the data; 'model' runs the demo's step")
+    p.add_argument(
+        "--step",
+        choices=["none", "model"],
+        default="none",
+        help="per-batch work: 'none' touches the data; 'model' runs the demo's step",
+    )
     p.add_argument("--only", default=",".join(ALL), help="comma-separated configurations")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.add_argument("--no-progress", action="store_true")
@@ -346,9 +355,11 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="tiercache-dlbench-"))
     rec_file = root / "moto-recording.jsonl"
     server_env = {"MOTO_ENABLE_RECORDING": "True", "MOTO_RECORDER_FILEPATH": str(rec_file)}
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                               f"Python {platform.python_version()}, torch {torch.__version__}",
-                               "args": {k: v for k, v in vars(args).items()}, "runs": {}}  # fmt: skip
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+    results: dict[str, Any] = {"machine": machine, "args": dict(vars(args)), "runs": {}}
     try:
         with start_s3_server(env=server_env) as server:
             rec_stop = Recorder(server, {})
