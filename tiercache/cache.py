@@ -13,6 +13,7 @@ an at-fork hook resets all of them so the child starts as a plain client.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -268,39 +269,42 @@ class Cache:
         self._elect()
         return self._engine
 
-    def _elect(self) -> None:
-        """Become the engine if nobody holds the lock; otherwise wait until it answers."""
-        with self._elect_lock:
-            if self._engine is not None:
-                return
-            fd = os.open(self.config.index_path / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self._wait_for_engine()
-                return
-            os.set_inheritable(fd, False)
-            self._lock_fd = fd
-            self._engine = Engine(self.config, self.index, self.stores, self.counters)
-            self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
-            log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
+    def _elect(self, timeout: float = 60.0) -> None:
+        """Become the engine if nobody holds the lock; otherwise wait until one answers.
 
-    def _wait_for_engine(self, timeout: float = 30.0) -> None:
+        Waiting keeps trying the lock too: an engine that hands over (exits, drains, dies)
+        releases it, and one of the waiting processes must pick it up.
+        """
+        lock_path = self.config.index_path / "engine.lock"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(EngineUnavailable):
-                self._link.request({"op": "ping"})
-                return
-            time.sleep(0.02)
-        raise EngineUnavailable(f"the engine for {self.config.index_path} did not start")
+        with self._elect_lock:
+            while self._engine is None:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    with contextlib.suppress(EngineUnavailable):
+                        self._link.request({"op": "ping"})
+                        return
+                    if time.monotonic() > deadline:
+                        raise EngineUnavailable(
+                            f"no engine answered for {self.config.index_path} in {timeout:.0f} s"
+                        ) from None
+                    time.sleep(0.02)
+                    continue
+                os.set_inheritable(fd, False)
+                self._lock_fd = fd
+                self._engine = Engine(self.config, self.index, self.stores, self.counters)
+                self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
+                log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
 
     def engine_call(
         self, op: str, _payload: bytes = b"", _oneway: bool = False, **fields: Any
     ) -> tuple[dict[str, Any], bytes]:
         """Send one request to the engine, wherever it runs; re-elect if it died."""
         header = {"op": op, **fields}
-        for attempt in range(5):
+        for attempt in range(8):
             engine = self._local_engine()
             if engine is not None:
                 local = self._serve(header, _payload)
@@ -312,6 +316,10 @@ class Cache:
                 reply, payload = self._link.request(header, _payload)
             except EngineUnavailable:
                 time.sleep(0.01 * (attempt + 1))
+                continue
+            if reply.get("status") == "draining":  # the engine is handing over: wait for the next
+                self._link.reset()
+                self._elect()
                 continue
             if reply.get("status") == "error":
                 raise _rebuild_error(reply)
@@ -356,18 +364,31 @@ class Cache:
         return origin
 
     def origin_for(self, fs: AbstractFileSystem) -> Origin:
-        return Origin(fs, self.config.origin, self.counters, self.config.validation.ttl_seconds)
+        return Origin(
+            fs,
+            self.config.origin,
+            self.counters,
+            self.config.validation.ttl_seconds,
+            listing_dir=self.config.index_path / "listings",
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop serving as the engine (another process takes over) and release handles."""
+        """Hand the engine over (if this process runs it) and release handles.
+
+        Requests already being served finish first: new ones are turned away, clients wait
+        for the lock, and the first to get it becomes the next engine. Nothing in flight is
+        lost or read twice.
+        """
         self.flush_access()
         if self._server is not None:
-            self._server.close()
-            self._server = None
+            self._server.drain()
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -483,3 +504,9 @@ def _reset_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
+# A normal exit hands the engine over cleanly: requests in flight finish first. This must run
+# before concurrent.futures refuses new work at shutdown (s3fs resolves names through an
+# executor), which plain ``atexit`` is too late for; threading's exit hooks run in reverse
+# order of registration, so ours, registered after concurrent.futures', runs first.
+_register_exit = getattr(threading, "_register_atexit", atexit.register)
+_register_exit(close_all)

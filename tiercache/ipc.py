@@ -30,6 +30,7 @@ from typing import Any
 
 log = logging.getLogger("tiercache.ipc")
 _FRAME = struct.Struct("<IQ")  # header length, payload length
+Reply = tuple[dict[str, Any], bytes]
 
 
 class EngineUnavailable(ConnectionError):
@@ -79,6 +80,9 @@ class EngineServer:
         os.chmod(path, 0o600)
         self.sock.listen(128)
         self._closed = False
+        self._draining = False
+        self._busy = 0  # requests being handled right now
+        self._idle = threading.Condition()
         threading.Thread(target=self._accept, name="tiercache-engine", daemon=True).start()
 
     def _accept(self) -> None:
@@ -96,18 +100,44 @@ class EngineServer:
                     header, payload = recv(conn)
                 except (EngineUnavailable, OSError, ValueError):
                     return
-                try:
-                    reply = self.handle(header, payload)
-                except Exception as exc:  # report to the client, keep serving others
-                    reply = (
-                        {"status": "error", "type": type(exc).__name__, "message": str(exc)},
-                        b"",
-                    )
-                if reply is not None:
+                oneway = bool(header.get("oneway"))
+                with self._idle:
+                    draining = self._draining
+                    if not draining:
+                        self._busy += 1
+                if draining:  # handing over: the client waits for the next engine
+                    reply = None if oneway else ({"status": "draining"}, b"")
+                else:
+                    try:
+                        reply = self._handle(header, payload)
+                    finally:
+                        with self._idle:
+                            self._busy -= 1
+                            self._idle.notify_all()
+                if reply is not None and not oneway:  # one-way senders never read a reply
                     try:
                         send(conn, *reply)
                     except OSError:
                         return
+
+    def _handle(
+        self, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes] | None:
+        try:
+            return self.handle(header, payload)
+        except Exception as exc:  # report to the client, keep serving others
+            if header.get("oneway"):
+                log.warning("engine request %s failed: %s", header.get("op"), exc)
+                return None
+            return {"status": "error", "type": type(exc).__name__, "message": str(exc)}, b""
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Stop taking requests and wait (up to ``timeout``) for those being handled."""
+        with contextlib.suppress(OSError):
+            self.sock.close()  # no new connections
+        with self._idle:
+            self._draining = True
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def close(self) -> None:
         self._closed = True
@@ -146,9 +176,9 @@ class EngineLink:
             raise EngineUnavailable(str(exc)) from None
 
     def tell(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        """A one-way message (access records, hints)."""
+        """A one-way message (access records, hints): the engine never replies to it."""
         try:
-            send(self._sock(), header, payload)
+            send(self._sock(), {**header, "oneway": True}, payload)
         except (OSError, EngineUnavailable) as exc:
             self.reset()
             raise EngineUnavailable(str(exc)) from None

@@ -101,6 +101,35 @@ def test_engine_takeover_when_its_process_dies(
     assert report["ok"], report["problems"]
 
 
+def test_engine_hand_over_on_exit_loses_and_repeats_nothing(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    objs = {f"h/{i}": os.urandom(512 * 1024) for i in range(40)}
+    put_objects(s3_server, bucket, objs)
+    config = make_config(cache_dirs, ram=64 * MiB)
+    args = json.dumps({"mode": "engine", "config": config, "options": s3_server.options})
+    engine = subprocess.Popen([sys.executable, "-m", "tests.core.workers", args], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert engine.stdout is not None and engine.stdin is not None
+    assert engine.stdout.readline().strip() == "ready"
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=s3_server.options)
+    s3_server.start_counting()
+    keys = sorted(objs)
+    with ThreadPoolExecutor(4) as pool:
+        first = list(pool.map(lambda k: fs.cat_file(f"{bucket}/{k}"), keys[:20]))
+        futures = [pool.submit(fs.cat_file, f"{bucket}/{k}") for k in keys[20:]]
+        engine.stdin.write("exit\n")  # the engine's process exits while misses are in flight
+        engine.stdin.flush()
+        rest = [f.result() for f in futures]
+    assert engine.wait(30) == 0
+    assert first + rest == [objs[k] for k in keys]
+    assert fs.cache.is_engine  # this process took over
+    for key in keys:
+        assert len(s3_server.requests("GET", key)) == 1, key
+
+
 def _start_filler(config: dict[str, Any], s3: S3, paths: list[str]) -> subprocess.Popen:
     args = json.dumps({"config": config, "options": s3.options, "paths": paths})
     proc = subprocess.Popen(

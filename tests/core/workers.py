@@ -41,8 +41,22 @@ def fill_forever(config: dict[str, Any], options: dict[str, Any], paths: list[st
                 f.read(4096)
 
 
+def engine_until_told(config: dict[str, Any], options: dict[str, Any]) -> None:
+    """Become the engine, serve until a line arrives on stdin, then exit normally."""
+    from tiercache import TierCacheFileSystem
+
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
+    assert fs.cache.engine is not None and fs.cache.is_engine
+    print("ready", flush=True)
+    sys.stdin.readline()
+    sys.exit(0)  # atexit hands the engine over
+
+
 if __name__ == "__main__":
     import json
 
     args = json.loads(sys.argv[1])
-    fill_forever(args["config"], args["options"], args["paths"])
+    if args.get("mode") == "engine":
+        engine_until_told(args["config"], args["options"])
+    else:
+        fill_forever(args["config"], args["options"], args["paths"])
