@@ -107,6 +107,7 @@ class Cache:
                         else:
                             self.counters.add("hits", tier=entry.tier)
                             self._record_access(entry)
+                        self._trace(key, entry.size, None if missed else entry.tier)
                         return blob
                     continue  # moved or repaired while we looked: look again
                 blob = self._miss(origin, path, key, want_data=missed)
@@ -114,6 +115,7 @@ class Cache:
                 if blob is not None:
                     self.counters.add("misses")
                     blob.missed = True
+                    self._trace(key, blob.entry.size, None)
                     return blob
             raise OSError(f"{key}: the cache kept changing under this read; giving up")
         finally:

@@ -178,3 +178,25 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         load_config("nosuch")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.toml"))
+
+
+def test_access_log_replays_in_simulate(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, tmp_path: Path
+) -> None:
+    """``trace = "path"`` records every request; ``simulate`` reads it back."""
+    from tiercache.simulate import read_trace, simulate
+
+    objs = {f"tr/{i}": os.urandom(1000 + i) for i in range(5)}
+    put_objects(s3_server, bucket, objs)
+    log = tmp_path / "access.log"
+    fs = fs_for(cache_dirs, s3_server, trace=str(log))
+    order = ["tr/0", "tr/1", "tr/0", "tr/2", "tr/0", "tr/1"]
+    for key in order:
+        fs.cat_file(f"{bucket}/{key}")
+    lines = [__import__("json").loads(line) for line in log.read_text().splitlines()]
+    assert [x["key"] for x in lines] == [f"s3://{bucket}/{k}" for k in order]
+    assert [x["hit"] for x in lines] == [False, False, True, False, True, True]
+    assert [x["tier"] for x in lines] == [None, None, "ram", None, "ram", "ram"]
+    trace = read_trace(log)
+    (result,) = simulate(trace, ["lru"], [10**6])
+    assert result["requests"] == 6 and result["hit_ratio"] == 0.5
