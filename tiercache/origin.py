@@ -6,14 +6,18 @@ retries, time limits, error counting and version extraction are done once, here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import json
 import logging
+import os
 import posixpath
 import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
@@ -72,11 +76,15 @@ class Origin:
         config: OriginConfig,
         counters: Counters,
         listing_ttl: float = 60.0,
+        listing_dir: Path | None = None,
     ) -> None:
         self.fs = fs
         self.config = config
         self.counters = counters
         self.listing_ttl = listing_ttl
+        #: Where the last listing of each directory is kept, for processes started while
+        #: the origin is unreachable (None: in memory only).
+        self.listing_dir = listing_dir
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol = protocol
         self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
@@ -84,6 +92,10 @@ class Origin:
         self._lock = threading.Lock()
         self._reported: set[str] = set()
         self._deadline = threading.local()  # of the call() running in this thread
+        #: Until when the origin counts as unreachable: set when a call gives up, cleared
+        #: by any success. Meanwhile validations and listings are not sent (see
+        #: :meth:`_skip_while_down`), so cached hits do not each wait out a retry budget.
+        self._down_until = 0.0
         #: The filesystem pickled once, for requests to an engine in another process.
         self.pickled: bytes | None = None
 
@@ -121,6 +133,7 @@ class Origin:
                 delay = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())
                 if attempt > self.config.retries or time.monotonic() + delay > deadline:
                     self._report(path, exc)
+                    self._down_until = time.monotonic() + self.down_window
                     raise OriginError(
                         f"origin {what} of {self.protocol}://{self.strip(path)} failed after "
                         f"{attempt} attempt(s): {type(exc).__name__}: {exc}"
@@ -129,9 +142,29 @@ class Origin:
                 time.sleep(delay)
             else:
                 self.counters.add(f"origin_{op}_ok")
+                self._down_until = 0.0
                 return result
             finally:
                 self._deadline.at = None
+
+    @property
+    def down_window(self) -> float:
+        """How long after a failed call validations and listings are not retried: the
+        validation TTL, within [1 s, 30 s]."""
+        return min(max(self.listing_ttl, 1.0), 30.0)
+
+    def _skip_while_down(self, what: str, path: str) -> None:
+        """Fail fast, without a request, while the origin is known to be unreachable.
+
+        Only for requests that have a fallback (a cached object served unvalidated, the
+        last known listing); a miss still asks the origin, which is how recovery is seen.
+        """
+        left = self._down_until - time.monotonic()
+        if left > 0:
+            raise OriginError(
+                f"origin {what} of {self.protocol}://{self.strip(path)} not attempted: the "
+                f"origin was unreachable moments ago (trying again in {left:.1f} s)"
+            )
 
     def remaining(self) -> float | None:
         """Seconds left of the :meth:`call` running in this thread (None outside one).
@@ -165,6 +198,7 @@ class Origin:
     def info(self, path: str, *, refresh: bool = False) -> dict[str, Any]:
         path = self.strip(path)
         if refresh:
+            self._skip_while_down("info", path)
             self.fs.invalidate_cache(path)
         self.counters.add("origin_heads")
         return self.call("info", path, lambda: self._run("info", path))
@@ -214,19 +248,71 @@ class Origin:
         max_age = self.listing_ttl if max_age is None else max_age
         now = time.monotonic()
         cached = self._listings.get(path)
+        if cached is None and self.config.offline:
+            cached = self._load_listing(path)
         if cached and (now - cached[0] <= max_age or self.config.offline):
             return cached[1]
         try:
+            self._skip_while_down("listing", path)
             self.fs.invalidate_cache(path)
             self.counters.add("origin_lists")
             listing = self.call("listing", path, lambda: self._run("ls", path, detail=True))
         except OriginError:
-            if cached:  # offline: the last known state beats an error
-                return cached[1]
-            raise
+            cached = cached or self._load_listing(path)
+            if not cached:
+                raise
+            # The last known state beats an error. It stands for another TTL, so that hits
+            # validating against it do not each wait out the retry budget again.
+            with self._lock:
+                self._listings[path] = (time.monotonic(), cached[1])
+            return cached[1]
         with self._lock:
             self._listings[path] = (now, listing)
+        self._save_listing(path, listing)
         return listing
+
+    def _listing_file(self, path: str) -> Path | None:
+        if self.listing_dir is None:
+            return None
+        name = hashlib.sha256(f"{self.protocol}://{path}".encode()).hexdigest()[:32]
+        return self.listing_dir / f"{name}.json"
+
+    def _save_listing(self, path: str, listing: list[dict[str, Any]]) -> None:
+        """Keep the listing on disk (atomically replaced) as this directory's last known
+        state; failing to is only a lost fallback, never a failed read."""
+        target = self._listing_file(path)
+        if target is None:
+            return
+        from .security import ensure_private_dir
+
+        tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}-{threading.get_ident()}")
+        try:
+            ensure_private_dir(target.parent)
+            text = json.dumps({"path": path, "listing": listing}, default=str)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, target)
+        except (OSError, TypeError, ValueError) as exc:
+            log.debug("could not keep the listing of %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _load_listing(self, path: str) -> tuple[float, list[dict[str, Any]]] | None:
+        """The last listing of ``path`` any process saw, as (time 0: expired, listing)."""
+        source = self._listing_file(path)
+        if source is None:
+            return None
+        try:
+            saved = json.loads(source.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("path") != path:
+            return None
+        log.info("origin unreachable or offline: listing %s from its last known state", path)
+        with self._lock:
+            self._listings.setdefault(path, (0.0, saved["listing"]))
+        return self._listings[path]
 
     def version_from_listing(self, path: str, max_age: float) -> str | None:
         """The object's current version from its parent's listing; None if it is gone."""
