@@ -75,7 +75,9 @@ def faulty_cache(
     origin = {"retries": retries, "timeout_seconds": timeout, **sections.pop("origin", {})}
     config = make_config(dirs, origin=origin, **sections)
     fs = origin_fs(proxy.endpoint, read_timeout=read_timeout, botocore_checks=botocore_checks)
-    return TierCacheFileSystem(config=config, fs=fs)
+    tcfs = TierCacheFileSystem(config=config, fs=fs)
+    tcfs.config_dict = config  # for tests that start other processes on the same cache
+    return tcfs
 
 
 def put_plain(s3: S3, bucket: str, objects: dict[str, bytes]) -> None:

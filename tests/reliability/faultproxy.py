@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 #: Faults the proxy can inject.
 KINDS = ("status", "reset", "stall", "slow", "truncate", "alter", "lie", "hang")
@@ -115,10 +116,11 @@ class FaultProxy:
             ]
 
     def down(self) -> None:
-        """Stop listening: connections are refused, as with an unreachable origin."""
+        """Stop listening and reset every open connection: the origin is unreachable."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.reset_all()
             self._server = None
 
     def up(self) -> None:
@@ -161,6 +163,32 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     proxy: FaultProxy
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.live: set[socket.socket] = set()
+        self.live_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.live_lock:
+            self.live.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.live_lock:
+            self.live.discard(request)
+        super().shutdown_request(request)
+
+    def reset_all(self) -> None:
+        """Kept-alive connections would otherwise outlive the listener."""
+        with self.live_lock:
+            live, self.live = list(self.live), set()
+        for sock in live:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
