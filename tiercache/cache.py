@@ -160,7 +160,7 @@ class Cache:
         store = self.stores[entry.tier]
         try:
             if entry.blob.small or entry.blob.compressed or self._always_verify[entry.tier]:
-                data = store.get(entry.blob_id, entry.blob, verify=True)
+                data = store.get(entry.blob_id, entry.blob)
                 return Blob(entry, store, data)
             return Blob(entry, store, store.mapped(entry.blob_id, entry.blob))
         except FileNotFoundError:

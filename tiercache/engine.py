@@ -347,7 +347,7 @@ class Engine:
                 t["entries"] += 1
                 t["used_bytes"] += entry.blob.stored_size
                 try:
-                    self.stores[entry.tier].get(entry.blob_id, entry.blob, verify=True)
+                    self.stores[entry.tier].get(entry.blob_id, entry.blob)
                 except (FileNotFoundError, CorruptBlobError) as exc:
                     problems.append(f"{entry.key}: {type(exc).__name__}: {exc}")
                     bad.append(entry)

@@ -140,7 +140,7 @@ class TierStore:
         return BlobMeta(len(stored), checksum, compressed, False, st.st_ino, st.st_mtime_ns)
 
     # -- read -----------------------------------------------------------------------------------
-    def get(self, blob_id: str, meta: BlobMeta, *, verify: bool = True) -> bytes:
+    def get(self, blob_id: str, meta: BlobMeta) -> bytes:
         """The whole object's bytes (decompressed), verified against ``meta.checksum``."""
         if meta.small:
             with self.small.begin(buffers=True) as txn:
@@ -149,19 +149,12 @@ class TierStore:
                     raise FileNotFoundError(errno.ENOENT, "blob missing", blob_id)
                 self._check(blob_id, view, meta)
                 return self._decode(view, meta) if meta.compressed else bytes(view)
-        fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
+        fd, _ = self._open_sized(blob_id, meta)
         try:
-            st = os.fstat(fd)
-            if st.st_size != meta.stored_size:
-                raise CorruptBlobError(
-                    f"{self.config.name} blob {blob_id}: {st.st_size} bytes on disk, "
-                    f"{meta.stored_size} expected"
-                )
             data = _read_exact(fd, meta.stored_size, 0)
         finally:
             os.close(fd)
-        if verify or self._changed(st, meta):
-            self._check(blob_id, data, meta)
+        self._check(blob_id, data, meta)
         return self._decode(data, meta) if meta.compressed else data
 
     def open_verified(self, blob_id: str, meta: BlobMeta) -> int:
@@ -171,20 +164,26 @@ class TierStore:
         from the one recorded at write time; the caller owns the descriptor, which keeps the
         bytes readable even if the engine evicts the blob meanwhile.
         """
-        fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
+        fd, st = self._open_sized(blob_id, meta)
         try:
-            st = os.fstat(fd)
-            if st.st_size != meta.stored_size:
-                raise CorruptBlobError(
-                    f"{self.config.name} blob {blob_id}: {st.st_size} bytes on disk, "
-                    f"{meta.stored_size} expected"
-                )
             if self._changed(st, meta):
                 self._check(blob_id, _read_exact(fd, meta.stored_size, 0), meta)
             return fd
         except BaseException:
             os.close(fd)
             raise
+
+    def _open_sized(self, blob_id: str, meta: BlobMeta) -> tuple[int, os.stat_result]:
+        """Open a file blob; a size other than the recorded one is damage (truncation)."""
+        fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
+        st = os.fstat(fd)
+        if st.st_size != meta.stored_size:
+            os.close(fd)
+            raise CorruptBlobError(
+                f"{self.config.name} blob {blob_id}: {st.st_size} bytes on disk, "
+                f"{meta.stored_size} expected"
+            )
+        return fd, st
 
     def mapped(self, blob_id: str, meta: BlobMeta) -> memoryview:
         """The blob's bytes as a read-only view of a shared mapping (no copy, no syscall).
