@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import lmdb
+
 from .config import Config
 from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
@@ -76,6 +78,9 @@ class Engine:
         #: blob id -> (last access, hits since the last flush), persisted in batches
         self._touched: dict[str, tuple[float, int]] = {}
         self._promote_queue: deque[str] = deque()
+        #: Blobs to delete once the index commit in progress has landed (never before:
+        #: a failed or killed commit must leave every committed entry's blob in place).
+        self._pending: list[tuple[int, Entry]] = []
         self._prefetch = Prefetcher(self)
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
@@ -236,10 +241,16 @@ class Engine:
                 return None
             raise
         entry = Entry(key, tier, len(data), meta, version, time.time(), hits, blob_id)
-        with self.index.write() as w:
-            w.put(entry)
-            deleted = self._evict(w, tier, victims)
-        self._delete_blobs(deleted)
+        try:
+            with self.index.write() as w:
+                w.put(entry)
+                deleted = self._evict(w, tier, victims)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self._index_full(exc)
+            return None
+        self._delete_blobs(deleted + self._take_pending())
         return entry
 
     def _fit_to_disk(self, tier: int, size: int) -> bool:
@@ -285,12 +296,15 @@ class Engine:
             return None
         victims = policy.insert(entry.blob_id, len(stored))
         if entry.blob_id not in policy:
-            self._delete_blobs(self._evict(w, tier, victims))
+            self._pending.extend(self._evict(w, tier, victims))
             return None
         try:
             meta = store.put_encoded(entry.blob_id, stored, compressed, len(data))
         except OSError as exc:
             policy.remove(entry.blob_id)
+            # The policy has already let the victims go: they must leave the index too,
+            # or the tier's totals and its policy disagree from here on.
+            self._pending.extend(self._evict(w, tier, victims))
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             self.counters.add("bypass_full", tier=tier)
@@ -299,18 +313,64 @@ class Engine:
             entry.key, tier, entry.size, meta, entry.version, entry.last_access, 0, entry.blob_id
         )
         w.put(moved)
-        self._delete_blobs(self._evict(w, tier, victims))
+        self._pending.extend(self._evict(w, tier, victims))
         return moved
 
     def _settle(self, tier: int, victims: list[Key]) -> None:
         if victims:
-            with self.index.write() as w:
-                deleted = self._evict(w, tier, victims)
-            self._delete_blobs(deleted)
+            try:
+                with self.index.write() as w:
+                    deleted = self._evict(w, tier, victims)
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                self._index_full(exc)
+                return
+            self._delete_blobs(deleted + self._take_pending())
+
+    def _take_pending(self) -> list[tuple[int, Entry]]:
+        pending, self._pending = self._pending, []
+        return pending
 
     def _delete_blobs(self, blobs: list[tuple[int, Entry]]) -> None:
         for tier, entry in blobs:
-            self.stores[tier].delete(entry.blob_id, entry.blob)
+            try:
+                self.stores[tier].delete(entry.blob_id, entry.blob)
+            except Exception as exc:  # a full small-object store: the next rebuild sweeps it
+                if not disk_full(exc):
+                    raise
+                log.warning("could not delete a blob from tier %s: %s", tier, exc)
+
+    def _index_full(self, exc: BaseException) -> None:
+        """An index commit failed for lack of disk space: nothing of it landed.
+
+        The policies have already moved on (admitted, evicted, demoted) and blobs were
+        written for entries that do not exist; bring both back to the index as last
+        committed, without writing to it. The reader still gets its bytes: the object is
+        simply not cached this time.
+        """
+        log.warning("index commit failed, disk full (%s); not caching this object", exc)
+        self._pending.clear()
+        self.counters.add("bypass_full", tier=len(self.stores) - 1)
+        self._resync_from_index()
+
+    def _resync_from_index(self) -> None:
+        """Replay the committed index into fresh policies; delete blob files it does not
+        name (written for a commit that failed). Writes nothing to the index."""
+        entries = sorted(self.index, key=lambda e: e.last_access)
+        for tier, policy in enumerate(self.policies):
+            for key in list(policy.resident()):
+                policy.remove(key)
+            mine = [e for e in entries if e.tier == tier]
+            budget = policy.capacity
+            policy.capacity = max(budget, sum(e.blob.stored_size for e in mine))
+            for e in mine:
+                policy.insert(e.blob_id, e.blob.stored_size)
+            policy.capacity = budget
+            store = self.stores[tier]
+            known = {e.blob_id for e in mine if not e.blob.small}
+            for blob_id in store.blob_files().keys() - known:
+                store.delete(blob_id, BlobMeta(0, 0, False, False))
 
     def _drop(self, blob_id: str) -> None:
         """Remove a key from every tier and the index (stale or corrupt copy)."""
@@ -440,12 +500,19 @@ class Engine:
             if entry is None or entry.tier == 0:
                 return False
             upper = entry.tier - 1
-            with self.index.write() as w:
-                moved = self._copy_into(w, entry, upper)
-                if moved is None:
-                    return False
+            try:
+                with self.index.write() as w:
+                    moved = self._copy_into(w, entry, upper)
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                self._index_full(exc)
+                return False
+            self._delete_blobs(self._take_pending())
+            if moved is None:
+                return False
             self.policies[entry.tier].remove(blob_id)
-            self.stores[entry.tier].delete(blob_id, entry.blob)
+            self._delete_blobs([(entry.tier, entry)])
             self.counters.add("promotions", tier=entry.tier)
             return True
 
@@ -518,6 +585,15 @@ class Engine:
                         f"tier {name}: index says {totals[name]['used_bytes']} bytes, "
                         f"policy says {policy.used}"
                     )
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a filesystem (or LMDB's map) has no room left."""
+    if isinstance(exc, lmdb.MapFullError):
+        return True
+    if isinstance(exc, lmdb.DiskError):
+        return "space" in str(exc).lower() or "quota" in str(exc).lower()
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Prefetcher:

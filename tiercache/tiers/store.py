@@ -92,6 +92,7 @@ class TierStore:
                 lock=True,
                 mode=0o600,
             )
+            reserve_lock_file(self.root / "small.lmdb-lock")
         return self._small
 
     # -- write ----------------------------------------------------------------------------------
@@ -114,8 +115,14 @@ class TierStore:
         """Store bytes already passed through :meth:`encode` (``size`` is the logical size)."""
         checksum = zlib.crc32(stored)
         if size <= self.config.small_object_bytes:
-            with self.small.begin(write=True) as txn:
-                txn.put(blob_id.encode(), stored)
+            try:
+                with self.small.begin(write=True) as txn:
+                    txn.put(blob_id.encode(), stored)
+            except (lmdb.DiskError, lmdb.MapFullError) as exc:
+                # To the engine a full small-object store is a full disk: skip the tier.
+                raise OSError(
+                    errno.ENOSPC, f"tier {self.config.name}: small-object store full: {exc}"
+                ) from exc
             return BlobMeta(len(stored), checksum, compressed, small=True)
         final = self.blob_path(blob_id)
         final.parent.mkdir(mode=0o700, exist_ok=True)
@@ -325,6 +332,18 @@ class _Mapping:
 
 #: LMDB environments inherited across fork must never be closed (or used) by the child.
 _ABANDONED: list[object] = []
+
+
+def reserve_lock_file(path: Path) -> None:
+    """Allocate every block of an LMDB lock file, which LMDB creates sparse and writes
+    through a mapping: on a full disk a new reader slot would otherwise kill the process
+    with SIGBUS. Without room now, the risk stays and nothing else changes."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
 
 
 def _read_exact(fd: int, size: int, offset: int) -> bytes:
