@@ -10,7 +10,9 @@ of processes that have exited are folded into ``retired`` so the directory stays
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import mmap
 import os
 import secrets
@@ -18,6 +20,8 @@ import threading
 from pathlib import Path
 
 from .security import ensure_private_dir
+
+log = logging.getLogger("tiercache.counters")
 
 MAX_TIERS = 8
 SLOTS = 1024
@@ -101,7 +105,24 @@ class Counters:
         name = f"proc-{os.getpid()}-{secrets.token_hex(4)}"
         tmp = self.dir / f".new-{name}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.ftruncate(fd, _FILE_BYTES)
+        try:
+            # Allocate the blocks now: a sparse file on a full disk would SIGBUS the
+            # process at its first count, through the mapping, instead of raising here.
+            os.posix_fallocate(fd, 0, _FILE_BYTES)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                os.ftruncate(fd, _FILE_BYTES)  # no fallocate here (EOPNOTSUPP): sparse
+            else:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                log.warning(
+                    "no space for this process's counter file in %s; its counts stay "
+                    "private to it (fs.stats() and metrics will not include them)",
+                    self.dir,
+                )
+                self._view = memoryview(bytearray(_FILE_BYTES)).cast("Q")
+                return self._view
         # A shared lock held for our lifetime says "alive" to whoever folds dead files. It is
         # taken before the file gets its proc- name: a folder must never see it unlocked,
         # or it would fold it as dead and unlink it under us, losing our counts.
