@@ -134,8 +134,10 @@ def measure(
 
 def loader_for(ds: Any, args: argparse.Namespace, hint: bool = True) -> DataLoader[Any]:
     sampler = ShardShuffleSampler(ds, seed=0, window=args.window, hint=hint)
+    # fork explicitly, whatever the global start method (litdata.optimize() forces spawn)
     return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      persistent_workers=args.workers > 0)  # fmt: skip
+                      persistent_workers=args.workers > 0,
+                      multiprocessing_context="fork")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -191,9 +193,10 @@ def run_config(name: str, args: argparse.Namespace, env: dict[str, Any]) -> list
         limit = size // 2 if name == "mosaic-half" else None
         os.environ["S3_ENDPOINT_URL"] = env["endpoint"]
         try:
-            ds = peers.MosaicDataset(f"s3://{BUCKET}/mds", local, args.batch_size, limit)
+            ds = peers.MosaicTokens(f"s3://{BUCKET}/mds", local, args.batch_size, limit)
             loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
-                                persistent_workers=args.workers > 0)  # fmt: skip
+                                persistent_workers=args.workers > 0,
+                                multiprocessing_context="fork")  # fmt: skip
             return measure(loader, args, rec, None, name)
         finally:
             shutil.rmtree(local, ignore_errors=True)

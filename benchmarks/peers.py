@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def import_streaming_base() -> Any:
@@ -65,21 +66,23 @@ def write_mds(token_files: list[Path], out: Path, seq_len: int, dtype: str,
             writer.write({"tokens": sample})
 
 
-class MosaicDataset:
-    """A ``StreamingDataset`` returning bare token tensors (like ours)."""
+class MosaicTokens(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """A ``StreamingDataset`` yielding bare token tensors (like ours); picklable."""
 
-    def __new__(cls, remote: str, local: Path, batch_size: int, cache_limit: int | None,
-                shuffle_block_size: int | None = None) -> Any:  # fmt: skip
+    def __init__(self, remote: str, local: Path, batch_size: int, cache_limit: int | None,
+                 shuffle_block_size: int | None = None) -> None:  # fmt: skip
         sb = import_streaming_base()
-        import torch
-
-        class Tokens(sb.StreamingDataset):  # type: ignore[misc, name-defined]
-            def __getitem__(self, i: int) -> Any:
-                return torch.from_numpy(super().__getitem__(i)["tokens"].astype(np.int64))
-
         extra = {"shuffle_block_size": shuffle_block_size} if shuffle_block_size else {}
-        return Tokens(remote=remote, local=str(local), shuffle=True, shuffle_seed=0,
-                      batch_size=batch_size, cache_limit=cache_limit, **extra)  # fmt: skip
+        self.inner = sb.StreamingDataset(remote=remote, local=str(local), shuffle=True,
+                                         shuffle_seed=0, batch_size=batch_size,
+                                         cache_limit=cache_limit, **extra)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for sample in self.inner:
+            yield torch.from_numpy(sample["tokens"].astype(np.int64))
 
 
 def _litdata_sample(index: int, files: list[str], seq_len: int, dtype: str,
@@ -98,25 +101,35 @@ def write_litdata(token_files: list[Path], out: Path, seq_len: int, dtype: str,
     per_file = os.path.getsize(token_files[0]) // np.dtype(dtype).itemsize // seq_len
     fn = functools.partial(_litdata_sample, files=[str(p) for p in token_files],
                            seq_len=seq_len, dtype=dtype, per_file=per_file)  # fmt: skip
-    litdata.optimize(fn=fn, inputs=list(range(per_file * len(token_files))),
-                     output_dir=str(out), chunk_bytes=shard_bytes, num_workers=1,
-                     mode="overwrite")  # fmt: skip
+    import multiprocessing
+
+    method = multiprocessing.get_start_method()
+    try:
+        litdata.optimize(fn=fn, inputs=list(range(per_file * len(token_files))),
+                         output_dir=str(out), chunk_bytes=shard_bytes, num_workers=1,
+                         mode="overwrite")  # fmt: skip
+    finally:  # optimize() forces the global start method to spawn; put it back
+        multiprocessing.set_start_method(method, force=True)
+
+
+def _lit_tokens(sample: dict[str, Any]) -> Any:
+    """litdata ``transform``: bare token tensors, like ours (module level: picklable)."""
+    return torch.from_numpy(np.asarray(sample["tokens"]).astype(np.int64))
 
 
 def litdata_loader(remote: str, cache_dir: Path, batch_size: int, workers: int,
                    max_cache_size: int | None) -> Any:  # fmt: skip
     import litdata
-    import torch
 
     litdata_allow_http()
     extra: dict[str, Any] = {}
     if max_cache_size:
         extra["max_cache_size"] = max_cache_size
 
-    class Tokens(litdata.StreamingDataset):  # type: ignore[misc]
-        def __getitem__(self, i: Any) -> Any:
-            return torch.from_numpy(super().__getitem__(i)["tokens"].astype(np.int64))
-
-    ds = Tokens(input_dir=litdata.streaming.resolver.Dir(path=str(cache_dir), url=remote),
-                shuffle=True, seed=0, **extra)  # fmt: skip
-    return litdata.StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers)
+    ds = litdata.StreamingDataset(
+        input_dir=litdata.streaming.resolver.Dir(path=str(cache_dir), url=remote),
+        shuffle=True, seed=0, transform=_lit_tokens, **extra,
+    )  # fmt: skip
+    # fork: the workers inherit the allow_http option set above (spawn would lose it)
+    return litdata.StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                       multiprocessing_context="fork")  # fmt: skip
