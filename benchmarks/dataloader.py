@@ -118,12 +118,18 @@ def measure(
     for epoch in range(1, args.epochs + 1):
         recorder.start()
         (row,) = run_epochs(loader, 1, sample_bytes=args.seq_len * args.itemsize, step=step,
-                            stats=stats, progress=not args.no_progress, desc=name)  # fmt: skip
+                            stats=stats, progress=not args.no_progress, desc=name,
+                            max_seconds=args.max_epoch_seconds)  # fmt: skip
         counted = recorder.stop()
         row["epoch"] = epoch
         row["s3_gets"] = counted["gets"]
         row["s3_bytes"] = counted["bytes"]
         rows.append(row)
+        if row.get("stopped"):
+            print(f"  {name} epoch {epoch}: stopped after {row['seconds']:.0f} s "
+                  f"({row['samples_per_s']:,.0f} samples/s, {counted['bytes'] / 2**20:,.0f} MiB "
+                  "from S3); skipping its remaining epochs", file=sys.stderr, flush=True)  # fmt: skip
+            break
         print(f"  {name} epoch {epoch}: {row['samples_per_s']:,.0f} samples/s, "
               f"{counted['bytes'] / 2**20:,.0f} MiB from S3, loader wait "
               f"{row['loader_wait_s']:.2f} s"
@@ -325,7 +331,8 @@ def table(results: dict[str, Any]) -> str:
         if isinstance(rows, str):
             lines.append(f"| {name} | failed: {rows} | | | |")
             continue
-        rates = " / ".join(f"{r['samples_per_s']:,.0f}" for r in rows)
+        rates = " / ".join(f"{r['samples_per_s']:,.0f}" + (" (stopped)" if r.get("stopped") else "")
+                           for r in rows)  # fmt: skip
         mib = " / ".join(f"{r['s3_bytes'] / 2**20:,.0f}" for r in rows)
         lw = " / ".join(f"{r['loader_wait_s']:.1f}" for r in rows)
         dw = " / ".join(f"{r['data_wait_s']:.1f}" for r in rows) if "data_wait_s" in rows[0] else ""
@@ -353,6 +360,8 @@ def main() -> int:
         default="none",
         help="per-batch work: 'none' touches the data; 'model' runs the demo's step",
     )
+    p.add_argument("--max-epoch-seconds", type=float, default=60.0,
+                   help="cut an epoch short after this long (a thrashing configuration)")
     p.add_argument("--only", default=",".join(ALL), help="comma-separated configurations")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.add_argument("--no-progress", action="store_true")

@@ -63,8 +63,13 @@ def run_epochs(loader: Iterable[Any], epochs: int, *, sample_bytes: int,
                stats: Callable[[], dict[str, Any]] | None = None,
                total_batches: int | None = None, progress: bool = True,
                on_epoch: Callable[[dict[str, Any]], None] | None = None,
-               desc: str = "epoch") -> list[dict[str, Any]]:  # fmt: skip
-    """Run ``epochs`` passes over ``loader``, calling ``step(batch)`` per batch."""
+               desc: str = "epoch", max_seconds: float | None = None,
+               ) -> list[dict[str, Any]]:  # fmt: skip
+    """Run ``epochs`` passes over ``loader``, calling ``step(batch)`` per batch.
+
+    ``max_seconds`` cuts an epoch short (a configuration that thrashes); its row then says
+    ``"stopped": true`` and its rates cover the part that ran.
+    """
     from tqdm import tqdm
 
     rows = []
@@ -76,12 +81,16 @@ def run_epochs(loader: Iterable[Any], epochs: int, *, sample_bytes: int,
         bar = tqdm(total=total_batches, unit="batch", desc=f"{desc} {epoch}/{epochs}",
                    disable=not progress, leave=False, file=sys.stderr)  # fmt: skip
         started = time.perf_counter()
+        stopped = False
         for batch in meter.wrap(loader):
             first = batch[0] if isinstance(batch, (list, tuple)) else batch
             samples += len(first)
             if step is not None:
                 loss = step(batch)
             bar.update(1)
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                stopped = True
+                break
             if bar.n % 16 == 0 and not bar.disable:
                 elapsed = time.perf_counter() - started
                 bar.set_postfix_str(
@@ -93,6 +102,8 @@ def run_epochs(loader: Iterable[Any], epochs: int, *, sample_bytes: int,
         bar.close()
         after = _counts(stats()) if stats else {}
         row = epoch_row(epoch, samples, sample_bytes, seconds, before, after, meter.seconds, loss)
+        if stopped:
+            row["stopped"] = True
         rows.append(row)
         if on_epoch is not None:
             on_epoch(row)
