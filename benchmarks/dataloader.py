@@ -126,9 +126,10 @@ def measure(
         row["s3_bytes"] = counted["bytes"]
         rows.append(row)
         if row.get("stopped"):
+            mib = counted["bytes"] / 2**20
             print(f"  {name} epoch {epoch}: stopped after {row['seconds']:.0f} s "
-                  f"({row['samples_per_s']:,.0f} samples/s, {counted['bytes'] / 2**20:,.0f} MiB "
-                  "from S3); skipping its remaining epochs", file=sys.stderr, flush=True)  # fmt: skip
+                  f"({row['samples_per_s']:,.0f} samples/s, {mib:,.0f} MiB from S3); "
+                  "skipping its remaining epochs", file=sys.stderr, flush=True)  # fmt: skip
             break
         print(f"  {name} epoch {epoch}: {row['samples_per_s']:,.0f} samples/s, "
               f"{counted['bytes'] / 2**20:,.0f} MiB from S3, loader wait "
