@@ -34,6 +34,7 @@ from .engine import Engine
 from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
 from .origin import Origin, OriginError
+from .security import ensure_private_dir
 from .tiers.store import CorruptBlobError, TierStore
 
 log = logging.getLogger("tiercache")
@@ -82,8 +83,10 @@ class Cache:
         self._validated: dict[str, float] = {}  # key -> when last checked against origin
         self._trace_fd = -1
         if config.trace is not None:
-            config.trace.parent.mkdir(parents=True, exist_ok=True)
-            self._trace_fd = os.open(config.trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            # Private like every cache path; never through a symlink someone planted.
+            ensure_private_dir(config.trace.parent)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            self._trace_fd = os.open(config.trace, flags, 0o600)
 
     # -- the read path ----------------------------------------------------------------------------
     def locate(self, origin: Origin, path: str) -> Blob:
