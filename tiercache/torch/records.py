@@ -105,18 +105,14 @@ class RecordDataset(ShardedDataset):
         self.decode = decode
         fs = self.source.fs
         try:
-            manifest = json.loads(fs.cat_file(self.source.join("manifest.json")))
+            raw = fs.cat_file(self.source.join("manifest.json"))
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"no record shards at {url}: manifest.json is missing (write them with "
                 "tiercache.torch.write_shards)"
             ) from None
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise ValueError(
-                f"{url}/manifest.json is not a {FORMAT} v{VERSION} manifest "
-                f"(format={manifest.get('format')!r}, version={manifest.get('version')!r})"
-            )
-        table = np.load(io.BytesIO(fs.cat_file(self.source.join("index.npy"))))
+        manifest = _parse_manifest(raw, f"{url}/manifest.json")
+        table = _load_index(fs.cat_file(self.source.join("index.npy")), f"{url}/index.npy")
         if table.shape != (manifest["samples"], 3):
             raise ValueError(f"{url}/index.npy has shape {table.shape}, manifest says "
                              f"{manifest['samples']} samples")  # fmt: skip
@@ -132,3 +128,32 @@ class RecordDataset(ShardedDataset):
         start = int(self._offsets[i])
         data = self.source.read(self.shard_paths[shard], start, start + int(self._lengths[i]))
         return self.decode(data) if self.decode is not None else data
+
+
+def _parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """The manifest, checked enough that every later error can name the file."""
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(
+            f"{where} is not a {FORMAT} v{VERSION} manifest "
+            f"(format={manifest.get('format')!r}, version={manifest.get('version')!r})"
+        )
+    shards = manifest.get("shards")
+    if not isinstance(manifest.get("samples"), int) or not isinstance(shards, list):
+        raise ValueError(f"{where}: 'samples' (an integer) and 'shards' (a list) are required")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not {"name", "samples"} <= shard.keys():
+            raise ValueError(f"{where}: shards[{i}] needs 'name' and 'samples'")
+    return manifest
+
+
+def _load_index(raw: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{where}: not a readable .npy index ({exc})") from None
