@@ -40,7 +40,7 @@ from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
 from .origin import Origin
-from .tiers.store import BlobMeta, CorruptBlobError, TierStore
+from .tiers.store import BlobMeta, CorruptBlobError, Staged, TierStore
 
 log = logging.getLogger("tiercache.engine")
 
@@ -70,6 +70,7 @@ class Engine:
         self._lock = threading.RLock()  # policies, index writes, promotion bookkeeping
         self._inflight: dict[str, Future[FetchResult]] = {}
         self._inflight_lock = threading.Lock()
+        self._staging = [0] * len(config.tiers)  # bytes being written into each tier
         self._pool = ThreadPoolExecutor(
             max_workers=max(config.origin.concurrency, config.prefetch.concurrency),
             thread_name_prefix="tiercache-fetch",
@@ -194,36 +195,55 @@ class Engine:
             if not prefetch:
                 for policy in self.policies:
                     policy.record(blob_id, len(data))
-            for tier in range(self.admission_tier, len(self.stores)):
-                policy = self.policies[tier]
-                stored, compressed = self.stores[tier].encode(data)
-                if not policy.admit(blob_id, len(stored)):
+        for tier in range(self.admission_tier, len(self.stores)):
+            store = self.stores[tier]
+            stored, compressed = store.encode(data)
+            with self._lock:
+                if not self.policies[tier].admit(blob_id, len(stored)):
                     continue
-                entry = self._place(tier, key, blob_id, data, stored, compressed, version)
-                if entry is not None:
-                    self.counters.add("admissions", tier=tier)
-                    return entry
-            self.counters.add("not_admitted")
-            return None
+                self._staging[tier] += len(stored)
+            # The slow part (checksum, write, fsync) runs unlocked, so admissions from
+            # concurrent fetches overlap; their bytes are reserved in ``_staging``.
+            try:
+                staged: Staged | None = store.stage(blob_id, stored, compressed, len(data))
+            except OSError as exc:
+                if not disk_full(exc):
+                    with self._lock:
+                        self._staging[tier] -= len(stored)
+                    raise
+                staged = None
+            with self._lock:
+                self._staging[tier] -= len(stored)
+                entry = None
+                if staged is not None:
+                    entry = self._place(tier, key, blob_id, len(data), staged, version)
+                else:
+                    self.counters.add("bypass_full", tier=tier)
+            if entry is not None:
+                self.counters.add("admissions", tier=tier)
+                return entry
+            if staged is not None:
+                staged.discard()
+        self.counters.add("not_admitted")
+        return None
 
     def _place(
         self,
         tier: int,
         key: str,
         blob_id: str,
-        data: bytes,
-        stored: bytes | memoryview,
-        compressed: bool,
+        logical_size: int,
+        staged: Staged,
         version: str,
-        hits: int = 0,
     ) -> Entry | None:
-        """Write one blob into ``tier``, evicting (demoting) what must make room.
+        """Publish a staged blob into ``tier``, evicting (demoting) what must make room.
 
-        Returns None when the tier's disk cannot take it; the caller tries the next tier.
+        Returns None when the tier cannot take it (disk full, policy changed its mind); the
+        caller discards the staged bytes and tries the next tier.
         """
         store, policy = self.stores[tier], self.policies[tier]
-        size = len(stored)
-        if not self._fit_to_disk(tier, size):
+        size = staged.meta.stored_size
+        if not self._fit_to_disk(tier, size, written=0 if staged.tmp is None else size):
             self.counters.add("bypass_full", tier=tier)
             return None
         victims = policy.insert(blob_id, size)
@@ -231,7 +251,7 @@ class Engine:
             self._settle(tier, victims)
             return None
         try:
-            meta = store.put_encoded(blob_id, stored, compressed, len(data))
+            meta = store.publish(staged)
         except OSError as exc:
             policy.remove(blob_id)
             self._settle(tier, victims)
@@ -240,7 +260,7 @@ class Engine:
                 log.warning("tier %s is out of disk space; skipping it", store.config.name)
                 return None
             raise
-        entry = Entry(key, tier, len(data), meta, version, time.time(), hits, blob_id)
+        entry = Entry(key, tier, logical_size, meta, version, time.time(), 0, blob_id)
         try:
             with self.index.write() as w:
                 w.put(entry)
@@ -253,11 +273,16 @@ class Engine:
         self._delete_blobs(deleted + self._take_pending())
         return entry
 
-    def _fit_to_disk(self, tier: int, size: int) -> bool:
-        """Shrink the tier's budget to what its filesystem can hold above ``min_free``."""
+    def _fit_to_disk(self, tier: int, size: int, written: int = 0) -> bool:
+        """Shrink the tier's budget to what its filesystem can hold above ``min_free``.
+
+        ``written``: bytes of this blob already on that filesystem (staged), not to be
+        counted twice.
+        """
         store, policy = self.stores[tier], self.policies[tier]
-        room = store.free_bytes() - store.config.min_free
-        budget = min(store.config.capacity, policy.used + max(0, room))
+        room = store.free_bytes() + written - store.config.min_free
+        # Bytes other admissions are still writing are spoken for.
+        budget = min(store.config.capacity - self._staging[tier], policy.used + max(0, room))
         policy.capacity = budget
         return size <= budget
 

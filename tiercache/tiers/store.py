@@ -51,6 +51,21 @@ class BlobMeta:
     mtime_ns: int = 0
 
 
+@dataclass
+class Staged:
+    """A blob written but not yet visible: in ``tmp`` (files) or in hand (small objects)."""
+
+    blob_id: str
+    meta: BlobMeta
+    tmp: Path | None = None
+    stored: bytes | memoryview = b""
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+
+
 class TierStore:
     """Reads and writes blobs of one tier. Safe to use from many processes at once."""
 
@@ -113,19 +128,17 @@ class TierStore:
         self, blob_id: str, stored: bytes | memoryview, compressed: bool, size: int
     ) -> BlobMeta:
         """Store bytes already passed through :meth:`encode` (``size`` is the logical size)."""
+        return self.publish(self.stage(blob_id, stored, compressed, size))
+
+    def stage(
+        self, blob_id: str, stored: bytes | memoryview, compressed: bool, size: int
+    ) -> Staged:
+        """The slow half of a write, safe to run outside any lock: checksum, and for a file
+        blob, write it under a temporary name and fsync it. Nothing is visible yet."""
         checksum = zlib.crc32(stored)
         if size <= self.config.small_object_bytes:
-            try:
-                with self.small.begin(write=True) as txn:
-                    txn.put(blob_id.encode(), stored)
-            except (lmdb.DiskError, lmdb.MapFullError) as exc:
-                # To the engine a full small-object store is a full disk: skip the tier.
-                raise OSError(
-                    errno.ENOSPC, f"tier {self.config.name}: small-object store full: {exc}"
-                ) from exc
-            return BlobMeta(len(stored), checksum, compressed, small=True)
-        final = self.blob_path(blob_id)
-        final.parent.mkdir(mode=0o700, exist_ok=True)
+            meta = BlobMeta(len(stored), checksum, compressed, small=True)
+            return Staged(blob_id, meta, stored=stored)
         tmp = self.tmp_dir / f"{_TMP_PREFIX}{blob_id}-{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -135,16 +148,32 @@ class TierStore:
             if self._durable:
                 os.fsync(fd)
             st = os.fstat(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, final)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        return BlobMeta(len(stored), checksum, compressed, False, st.st_ino, st.st_mtime_ns)
+        os.close(fd)
+        meta = BlobMeta(len(stored), checksum, compressed, False, st.st_ino, st.st_mtime_ns)
+        return Staged(blob_id, meta, tmp=tmp)
+
+    def publish(self, staged: Staged) -> BlobMeta:
+        """Make a staged blob visible under its id (a rename: atomic, and keeps inode and
+        mtime, so the identity recorded at staging stays true)."""
+        if staged.tmp is None:
+            try:
+                with self.small.begin(write=True) as txn:
+                    txn.put(staged.blob_id.encode(), staged.stored)
+            except (lmdb.DiskError, lmdb.MapFullError) as exc:
+                # To the engine a full small-object store is a full disk: skip the tier.
+                raise OSError(
+                    errno.ENOSPC, f"tier {self.config.name}: small-object store full: {exc}"
+                ) from exc
+            return staged.meta
+        final = self.blob_path(staged.blob_id)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(staged.tmp, final)
+        return staged.meta
 
     # -- read -----------------------------------------------------------------------------------
     def get(self, blob_id: str, meta: BlobMeta) -> bytes:
