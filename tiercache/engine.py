@@ -28,7 +28,7 @@ import errno
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,6 +83,7 @@ class Engine:
         #: a failed or killed commit must leave every committed entry's blob in place).
         self._pending: list[tuple[int, Entry]] = []
         self._prefetch = Prefetcher(self)
+        self._unstored = Unstored(self._prefetch.budget)
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
         self.reconciled_at_start = self.rebuild()
@@ -177,8 +178,21 @@ class Engine:
             with contextlib.suppress(FileNotFoundError, CorruptBlobError):
                 data = self.stores[current.tier].get(current.blob_id, current.blob)
                 return FetchResult(current, data)
-        data, version = origin.fetch(path)
+        held = self._unstored.get(key)
+        if held is not None:
+            # Fetched moments ago (by a prefetch, or for another reader) but no tier took it:
+            # serve it again rather than read the origin again. A reader's access may still
+            # earn it a place now.
+            data, version = held
+            if prefetch:
+                return FetchResult(None, data)
+        else:
+            data, version = origin.fetch(path)
         entry = self.admit(key, data, version, prefetch=prefetch)
+        if entry is None:
+            self._unstored.put(key, data, version)
+        else:
+            self._unstored.drop(key)
         return FetchResult(entry, data)
 
     def admit(self, key: str, data: bytes, version: str, *, prefetch: bool = False) -> Entry | None:
@@ -408,6 +422,7 @@ class Engine:
 
     def invalidate(self, key: str) -> None:
         """Forget a key (checksum failure, changed at the origin); the next read refetches."""
+        self._unstored.drop(key)
         self._drop(blob_id_for(key))
 
     # -- maintenance ------------------------------------------------------------------------------
@@ -621,6 +636,51 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class Unstored:
+    """Objects fetched but stored in no tier, held briefly (LRU, within a byte budget).
+
+    With the tiers full (a ``static`` tier holds its share of the data), an object no tier
+    admits would otherwise be read from the origin once per reader: every DataLoader worker
+    that reads a sample of the same shard, and again by the reader after a prefetch. Holding
+    the bytes of the last few such objects makes each of them one origin read per epoch.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, data: bytes, version: str) -> None:
+        if len(data) > self.budget:
+            return
+        with self._lock:
+            self._pop(key)
+            self._items[key] = (data, version)
+            self._bytes += len(data)
+            while self._bytes > self.budget:
+                self._pop(next(iter(self._items)))
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._pop(key)
+
+    def _pop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= len(item[0])
+
+
 class Prefetcher:
     """Fetches hinted keys ahead of the consumer, within a byte budget.
 
@@ -681,7 +741,11 @@ class Prefetcher:
                     return
                 origin, path, key = self._queue.popleft()
                 generation = self._generation
-                if blob_id_for(key) in self._ahead or self.engine.index.get(key) is not None:
+                if (
+                    blob_id_for(key) in self._ahead
+                    or key in self.engine._unstored
+                    or self.engine.index.get(key) is not None
+                ):
                     continue
                 self._running += 1
             self.engine.submit(self._fetch_one, origin, path, key, generation)
@@ -691,7 +755,7 @@ class Prefetcher:
         try:
             self.engine.counters.add("prefetch_issued")
             result = self.engine.fetch(origin, path, prefetch=True)
-            size = len(result.data) if result.entry is not None else 0
+            size = len(result.data)  # in a tier, or held for the reader (``Unstored``)
         except Exception as exc:  # a failed prefetch is only a lost optimisation
             log.debug("prefetch of %s failed: %s", path, exc)
         finally:

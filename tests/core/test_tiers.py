@@ -200,3 +200,27 @@ def test_access_log_replays_in_simulate(
     trace = read_trace(log)
     (result,) = simulate(trace, ["lru"], [10**6])
     assert result["requests"] == 6 and result["hit_ratio"] == 0.5
+
+
+def test_object_no_tier_takes_is_read_from_origin_once_for_its_readers(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """Full ``static`` tiers admit nothing more; the next readers of such an object (other
+    DataLoader workers, the reader after a prefetch) still get it without a second GET."""
+    objs = {f"st/{i}": os.urandom(MiB) for i in range(6)}
+    put_objects(s3_server, bucket, objs)
+    fs = fs_for(
+        cache_dirs,
+        s3_server,
+        ram=2 * MiB,
+        ssd=2 * MiB,
+        tier_extra={"ram": {"eviction": "static"}, "ssd": {"eviction": "static"}},
+    )
+    for i in range(4):  # fill both tiers for good
+        fs.cat_file(f"{bucket}/st/{i}")
+    s3_server.start_counting()
+    for _ in range(3):
+        assert fs.cat_file(f"{bucket}/st/4") == objs["st/4"]
+    assert len(s3_server.requests("GET", "st/4")) == 1
+    assert fs.stats()["not_admitted"] == 3  # asked each time; the tiers stay as they were
+    assert fs.cache.index.get(f"s3://{bucket}/st/4") is None
