@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 
 from .security import ensure_private_dir
-from .tiers.store import BlobMeta, reserve_lock_file
+from .tiers.store import BlobMeta
 
 _ABANDONED: list[object] = []
 
@@ -94,7 +94,6 @@ class Index:
             sync=True,
             mode=0o600,
         )
-        reserve_lock_file(path / "index.lmdb-lock")
         self.entries = self.env.open_db(b"entries")
         self.meta = self.env.open_db(b"meta")
 

@@ -107,7 +107,6 @@ class TierStore:
                 lock=True,
                 mode=0o600,
             )
-            reserve_lock_file(self.root / "small.lmdb-lock")
         return self._small
 
     # -- write ----------------------------------------------------------------------------------
@@ -361,18 +360,6 @@ class _Mapping:
 
 #: LMDB environments inherited across fork must never be closed (or used) by the child.
 _ABANDONED: list[object] = []
-
-
-def reserve_lock_file(path: Path) -> None:
-    """Allocate every block of an LMDB lock file, which LMDB creates sparse and writes
-    through a mapping: on a full disk a new reader slot would otherwise kill the process
-    with SIGBUS. Without room now, the risk stays and nothing else changes."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
 
 
 def _read_exact(fd: int, size: int, offset: int) -> bytes:
