@@ -33,7 +33,9 @@ NEVER = 1 << 62
 class Belady(EvictionPolicy):
     name = "belady"
 
-    def __init__(self, capacity: int, fallback: str = "lru", bypass: bool = False) -> None:
+    def __init__(
+        self, capacity: int, fallback: str = "lru", bypass: bool = False, reorder_window: int = 0
+    ) -> None:
         super().__init__(capacity)
         from . import create_policy  # the registry imports this module
 
@@ -47,7 +49,14 @@ class Belady(EvictionPolicy):
         self._stamp: dict[Key, int] = {}  # resident key -> time of its last access
         self._heap: list[tuple[int, int, Key]] = []  # (-next use, stamp, key), lazily pruned
         self._future: dict[Key, deque[int]] = {}
-        self._now = 0  # time of the next access to be recorded
+        self._now = 0  # the earliest plan position not yet read (the clock)
+        self._tick = 0  # accesses recorded, for recency among keys with no known next use
+        self._consumed: set[int] = set()  # plan positions read ahead of the clock
+        self._just_read: dict[Key, int] = {}  # key -> plan position it was last read at
+        self._expiring: deque[tuple[int, Key]] = deque()
+        #: How far ahead of the clock an access may match its planned position: readers
+        #: in parallel (DataLoader workers, ranks) do not read in exactly the planned order.
+        self.reorder_window = reorder_window
         self._horizon = 0  # hints cover accesses before this time
         self._planned = False  # whether a hint covers the access last recorded
 
@@ -63,12 +72,18 @@ class Belady(EvictionPolicy):
             else:
                 times.append(base + offset)
         self._future = future
+        self._consumed = set()
+        self._just_read = {}
+        self._expiring = deque()
         self._horizon = base + len(upcoming)
         self._heap = []
         for key in self._sizes:
             self._push(key, self._next_use(key))
 
     def _next_use(self, key: Key) -> int:
+        read_at = self._just_read.get(key)
+        if read_at is not None and read_at + self.reorder_window >= self._now:
+            return read_at  # its other readers are due about now
         times = self._future.get(key)
         if times is None:
             return NEVER
@@ -99,15 +114,59 @@ class Belady(EvictionPolicy):
 
     # -- the policy --------------------------------------------------------------------------
     def record(self, key: Key, size: int) -> bool:
-        now = self._now
-        self._planned = now < self._horizon
-        self._now = now + 1
+        self._planned = self._now < self._horizon
+        self._advance(key)
+        self._tick += 1
         self._shadow.record(key, size)
         if key not in self._sizes:
             return False
-        self._stamp[key] = now
+        self._stamp[key] = self._tick
         self._push(key, self._next_use(key))
         return True
+
+    def _advance(self, key: Key) -> None:
+        """Move the clock.
+
+        With ``reorder_window = 0`` (the default, and what ``simulate`` replays a trace
+        with) every access is one step: the plan lists every access, in order.
+
+        With a window, the clock moves by plan position instead: an access that matches the
+        key's next planned position (at most ``reorder_window`` ahead) consumes it, and the
+        clock stands at the earliest position nobody has read, trailing the furthest one
+        read by at most the window. Repeated reads of one planned object (two DataLoader
+        workers reading samples of the same shard) do not move it, so a plan that lists each
+        shard once stays in step with readers that open it several times, in nearly but not
+        exactly the planned order; and a key just read counts as needed again until the
+        clock has moved a window past it, so its other readers find it.
+        """
+        now = self._now
+        if now >= self._horizon or not self.reorder_window:
+            self._now = now + 1
+            return
+        times = self._future.get(key)
+        if times:
+            while times and times[0] < now:
+                times.popleft()
+        if not times or times[0] > now + self.reorder_window:
+            return  # not this key's turn: a repeat, or an access the plan did not foresee
+        position = times.popleft()
+        self._just_read[key] = position
+        self._expiring.append((position, key))
+        self._consumed.add(position)
+        while now in self._consumed:
+            self._consumed.discard(now)
+            now += 1
+        self._now = now = max(now, position + 1 - self.reorder_window)
+        if self._consumed and min(self._consumed) < now:
+            self._consumed = {p for p in self._consumed if p >= now}
+        # Keys read more than a window ago are no longer "due now": re-rank them.
+        expiring = self._expiring
+        while expiring and expiring[0][0] + self.reorder_window < now:
+            read_at, old = expiring.popleft()
+            if self._just_read.get(old) == read_at:
+                del self._just_read[old]
+                if old in self._sizes:
+                    self._push(old, self._next_use(old))
 
     def admit(self, key: Key, size: int) -> bool:
         if not self._planned:
@@ -146,7 +205,7 @@ class Belady(EvictionPolicy):
     def _add(self, key: Key, size: int) -> None:
         self._sizes[key] = size
         self.used += size
-        self._stamp[key] = self._now - 1
+        self._stamp[key] = self._tick
         self._push(key, self._next_use(key))
 
     def _forget(self, key: Key) -> None:
@@ -170,7 +229,11 @@ class Belady(EvictionPolicy):
         return self._sizes.keys()
 
     def params(self) -> dict[str, Any]:
-        return {"fallback": self.fallback, "bypass": self.bypass}
+        return {
+            "fallback": self.fallback,
+            "bypass": self.bypass,
+            "reorder_window": self.reorder_window,
+        }
 
     def check(self) -> None:
         super().check()
