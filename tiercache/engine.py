@@ -83,7 +83,8 @@ class Engine:
         #: a failed or killed commit must leave every committed entry's blob in place).
         self._pending: list[tuple[int, Entry]] = []
         self._prefetch = Prefetcher(self)
-        self._unstored = Unstored(self._prefetch.budget)
+        # Room for what prefetch holds ahead plus as much again for readers of recent misses.
+        self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
         self.reconciled_at_start = self.rebuild()
