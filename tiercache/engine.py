@@ -28,7 +28,7 @@ import errno
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +40,9 @@ from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
 from .origin import Origin
+from .prefetch import Prefetcher
 from .tiers.store import BlobMeta, CorruptBlobError, Staged, TierStore
+from .unstored import Unstored
 
 log = logging.getLogger("tiercache.engine")
 
@@ -635,139 +637,3 @@ def disk_full(exc: BaseException) -> bool:
     if isinstance(exc, lmdb.DiskError):
         return "space" in str(exc).lower() or "quota" in str(exc).lower()
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-class Unstored:
-    """Objects fetched but stored in no tier, held briefly (LRU, within a byte budget).
-
-    With the tiers full (a ``static`` tier holds its share of the data), an object no tier
-    admits would otherwise be read from the origin once per reader: every DataLoader worker
-    that reads a sample of the same shard, and again by the reader after a prefetch. Holding
-    the bytes of the last few such objects makes each of them one origin read per epoch.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self._items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, data: bytes, version: str) -> None:
-        if len(data) > self.budget:
-            return
-        with self._lock:
-            self._pop(key)
-            self._items[key] = (data, version)
-            self._bytes += len(data)
-            while self._bytes > self.budget:
-                self._pop(next(iter(self._items)))
-
-    def drop(self, key: str) -> None:
-        with self._lock:
-            self._pop(key)
-
-    def _pop(self, key: str) -> None:
-        item = self._items.pop(key, None)
-        if item is not None:
-            self._bytes -= len(item[0])
-
-
-class Prefetcher:
-    """Fetches hinted keys ahead of the consumer, within a byte budget.
-
-    The budget counts bytes fetched ahead and not yet read; reading a prefetched key gives
-    its bytes back. Keys already cached are skipped, so only what is missing is fetched.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._cond = threading.Condition()
-        self._queue: deque[tuple[Origin, str, str]] = deque()
-        self._ahead: dict[str, int] = {}  # blob id -> bytes, fetched ahead and not yet read
-        self._ahead_bytes = 0
-        self._running = 0
-        self._generation = 0
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-
-    @property
-    def budget(self) -> int:
-        engine = self.engine
-        admission = engine.config.tiers[engine.admission_tier].capacity
-        return min(engine.config.prefetch.depth_bytes, max(1, admission // 2))
-
-    def plan(self, origin: Origin, paths: list[str], keys: list[str]) -> None:
-        with self._cond:
-            self._generation += 1
-            wasted = len(self._ahead)
-            if wasted:
-                self.engine.counters.add("prefetch_wasted", wasted)
-            self._ahead.clear()
-            self._ahead_bytes = 0
-            self._queue = deque(zip([origin] * len(paths), paths, keys, strict=True))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="tiercache-prefetch", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
-
-    def consumed(self, blob_id: str) -> None:
-        with self._cond:
-            size = self._ahead.pop(blob_id, None)
-            if size is not None:
-                self._ahead_bytes -= size
-                self.engine.counters.add("prefetch_used")
-                self._cond.notify_all()
-
-    def _run(self) -> None:
-        limit = self.engine.config.prefetch.concurrency
-        while True:
-            with self._cond:
-                while not self._stopped and (
-                    not self._queue or self._running >= limit or self._ahead_bytes >= self.budget
-                ):
-                    self._cond.wait(0.5)
-                if self._stopped:
-                    return
-                origin, path, key = self._queue.popleft()
-                generation = self._generation
-                if (
-                    blob_id_for(key) in self._ahead
-                    or key in self.engine._unstored
-                    or self.engine.index.get(key) is not None
-                ):
-                    continue
-                self._running += 1
-            self.engine.submit(self._fetch_one, origin, path, key, generation)
-
-    def _fetch_one(self, origin: Origin, path: str, key: str, generation: int) -> None:
-        size = 0
-        try:
-            self.engine.counters.add("prefetch_issued")
-            result = self.engine.fetch(origin, path, prefetch=True)
-            size = len(result.data)  # in a tier, or held for the reader (``Unstored``)
-        except Exception as exc:  # a failed prefetch is only a lost optimisation
-            log.debug("prefetch of %s failed: %s", path, exc)
-        finally:
-            with self._cond:
-                self._running -= 1
-                if size and generation == self._generation:
-                    self._ahead[blob_id_for(key)] = size
-                    self._ahead_bytes += size
-                self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()

@@ -1,0 +1,107 @@
+"""Prefetch: fetching hinted keys ahead of the consumer, within a byte budget."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .index import blob_id_for
+from .origin import Origin
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("tiercache.prefetch")
+
+
+class Prefetcher:
+    """Fetches hinted keys ahead of the consumer, within a byte budget.
+
+    The budget counts bytes fetched ahead and not yet read; reading a prefetched key gives
+    its bytes back. Keys already cached are skipped, so only what is missing is fetched.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[Origin, str, str]] = deque()
+        self._ahead: dict[str, int] = {}  # blob id -> bytes, fetched ahead and not yet read
+        self._ahead_bytes = 0
+        self._running = 0
+        self._generation = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def budget(self) -> int:
+        engine = self.engine
+        admission = engine.config.tiers[engine.admission_tier].capacity
+        return min(engine.config.prefetch.depth_bytes, max(1, admission // 2))
+
+    def plan(self, origin: Origin, paths: list[str], keys: list[str]) -> None:
+        with self._cond:
+            self._generation += 1
+            wasted = len(self._ahead)
+            if wasted:
+                self.engine.counters.add("prefetch_wasted", wasted)
+            self._ahead.clear()
+            self._ahead_bytes = 0
+            self._queue = deque(zip([origin] * len(paths), paths, keys, strict=True))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tiercache-prefetch", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def consumed(self, blob_id: str) -> None:
+        with self._cond:
+            size = self._ahead.pop(blob_id, None)
+            if size is not None:
+                self._ahead_bytes -= size
+                self.engine.counters.add("prefetch_used")
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        limit = self.engine.config.prefetch.concurrency
+        while True:
+            with self._cond:
+                while not self._stopped and (
+                    not self._queue or self._running >= limit or self._ahead_bytes >= self.budget
+                ):
+                    self._cond.wait(0.5)
+                if self._stopped:
+                    return
+                origin, path, key = self._queue.popleft()
+                generation = self._generation
+                if (
+                    blob_id_for(key) in self._ahead
+                    or key in self.engine._unstored
+                    or self.engine.index.get(key) is not None
+                ):
+                    continue
+                self._running += 1
+            self.engine.submit(self._fetch_one, origin, path, key, generation)
+
+    def _fetch_one(self, origin: Origin, path: str, key: str, generation: int) -> None:
+        size = 0
+        try:
+            self.engine.counters.add("prefetch_issued")
+            result = self.engine.fetch(origin, path, prefetch=True)
+            size = len(result.data)  # in a tier, or held for the reader (``Unstored``)
+        except Exception as exc:  # a failed prefetch is only a lost optimisation
+            log.debug("prefetch of %s failed: %s", path, exc)
+        finally:
+            with self._cond:
+                self._running -= 1
+                if size and generation == self._generation:
+                    self._ahead[blob_id_for(key)] = size
+                    self._ahead_bytes += size
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()

@@ -1,0 +1,51 @@
+"""Objects the engine fetched but stored in no tier, held briefly for their other readers."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+
+class Unstored:
+    """Objects fetched but stored in no tier, held briefly (LRU, within a byte budget).
+
+    With the tiers full (a ``static`` tier holds its share of the data), an object no tier
+    admits would otherwise be read from the origin once per reader: every DataLoader worker
+    that reads a sample of the same shard, and again by the reader after a prefetch. Holding
+    the bytes of the last few such objects makes each of them one origin read per epoch.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, data: bytes, version: str) -> None:
+        if len(data) > self.budget:
+            return
+        with self._lock:
+            self._pop(key)
+            self._items[key] = (data, version)
+            self._bytes += len(data)
+            while self._bytes > self.budget:
+                self._pop(next(iter(self._items)))
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._pop(key)
+
+    def _pop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= len(item[0])
