@@ -6,7 +6,7 @@
 Reads go through the node's tiers (``cache.py``); listings and metadata come from the
 origin, cached for the validation TTL. The read path from here downwards:
 ``TierCacheFileSystem.cat_file`` -> ``Cache.read`` -> ``Cache.locate`` -> index look-up ->
-``TierStore.get_range`` (hit) or ``Engine.fetch`` -> ``Origin.fetch`` (miss).
+``TierStore.mapped``/``get`` (hit) or ``Engine.fetch`` -> ``Origin.fetch`` (miss).
 """
 
 from __future__ import annotations
