@@ -99,7 +99,9 @@ def _read_all(fs: TierCacheFileSystem, bucket: str, objs: dict[str, bytes], seed
 
 
 def _check_consistent(fs: TierCacheFileSystem, small_fs: Path) -> dict[str, object]:
-    report = fs.cache.engine.verify()
+    engine = fs.cache.engine
+    assert engine is not None
+    report = engine.verify()
     assert report["ok"], report["problems"]
     st = os.statvfs(small_fs)
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -200,7 +202,9 @@ def test_restart_on_a_full_filesystem(
         for _ in range(2):
             for path in args["paths"]:
                 out[path] = hashlib.sha256(fs.cat_file(path)).hexdigest()
-        report = fs.cache.engine.verify()
+        engine = fs.cache.engine
+    assert engine is not None
+    report = engine.verify()
         print(json.dumps({"digests": out, "ok": report["ok"], "problems": report["problems"]}))
         """
     )

@@ -128,7 +128,8 @@ def test_sigkill_loop_leaves_a_consistent_cache(
     fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=s3_server.options)
     for path, digest in digests.items():
         assert hashlib.sha256(fs.cat_file(path)).hexdigest() == digest, path
-    assert fs.cache.engine.verify()["ok"]
+    engine = fs.cache.engine
+    assert engine is not None and engine.verify()["ok"]
     # The churn did what it was meant to: killed processes' counts survive in the totals.
     stats = fs.stats()
     assert stats["tiers"]["ram"]["demotions"] > 0 and stats["tiers"]["ssd"]["evictions"] > 0

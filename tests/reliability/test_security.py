@@ -97,7 +97,8 @@ def test_hostile_keys_never_escape_the_tiers(sandbox: dict[str, Path], size: int
         assert fs.cat_file(path, start=3, end=50) == body[3:50]
     for path, body in bodies.items():  # again: now hits, from either tier
         assert fs.cat_file(path) == body
-    assert fs.cache.engine.verify()["ok"]
+    engine = fs.cache.engine
+    assert engine is not None and engine.verify()["ok"]
     _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
     assert not Path("/tmp/escaped").exists()
 
