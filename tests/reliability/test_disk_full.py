@@ -202,9 +202,7 @@ def test_restart_on_a_full_filesystem(
         for _ in range(2):
             for path in args["paths"]:
                 out[path] = hashlib.sha256(fs.cat_file(path)).hexdigest()
-        engine = fs.cache.engine
-    assert engine is not None
-    report = engine.verify()
+        report = fs.cache.engine.verify()
         print(json.dumps({"digests": out, "ok": report["ok"], "problems": report["problems"]}))
         """
     )
