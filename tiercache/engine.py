@@ -216,7 +216,9 @@ class Engine:
             store = self.stores[tier]
             stored, compressed = store.encode(data)
             with self._lock:
-                if not self.policies[tier].admit(blob_id, len(stored)):
+                policy = self.policies[tier]
+                wanted = policy.admit_ahead if prefetch else policy.admit
+                if not wanted(blob_id, len(stored)):
                     continue
                 self._staging[tier] += len(stored)
             # The slow part (checksum, write, fsync) runs unlocked, so admissions from

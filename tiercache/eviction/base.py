@@ -59,6 +59,15 @@ class EvictionPolicy(ABC):
         """Whether a missed ``key`` should be inserted. Default: whenever it can fit at all."""
         return size <= self.capacity
 
+    def admit_ahead(self, key: Key, size: int) -> bool:
+        """Whether a key fetched ahead of its read (prefetch) should be inserted now.
+
+        Default: as :meth:`admit`. A clairvoyant policy judges by the use after the upcoming
+        read, as it would when that read happens: storing a key that is read once only
+        evicts one that is needed later.
+        """
+        return self.admit(key, size)
+
     @abstractmethod
     def insert(self, key: Key, size: int) -> list[Key]:
         """Make ``key`` resident, evicting as needed; return the evicted keys in eviction order.

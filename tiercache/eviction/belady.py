@@ -171,11 +171,27 @@ class Belady(EvictionPolicy):
     def admit(self, key: Key, size: int) -> bool:
         if not self._planned:
             return self._shadow.admit(key, size)
+        return self._worth_storing(key, size, self._planned_use(key, 0))
+
+    def admit_ahead(self, key: Key, size: int) -> bool:
+        if self._now >= self._horizon:
+            return self._shadow.admit(key, size)
+        return self._worth_storing(key, size, self._planned_use(key, 1))
+
+    def _worth_storing(self, key: Key, size: int, next_use: int) -> bool:
         if size > self.capacity:
             return False
         if not self.bypass or self.used + size <= self.capacity or not self._sizes:
             return True
-        return self._next_use(key) < self._next[self._furthest()]
+        return next_use < self._next[self._furthest()]
+
+    def _planned_use(self, key: Key, skip: int) -> int:
+        """The key's planned position after ``skip`` more reads, ignoring that it was just
+        read: a missed key is worth a slot for its future reads, not for its other readers
+        of this moment (the engine holds the bytes for those)."""
+        self._next_use(key)  # drops positions already past
+        times = self._future.get(key)
+        return times[skip] if times is not None and len(times) > skip else NEVER
 
     def insert(self, key: Key, size: int) -> list[Key]:
         self.remove(key)
