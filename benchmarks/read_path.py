@@ -36,7 +36,7 @@ def tiercache_config(root: Path, ram: int, verify: str = "on-change") -> dict[st
         "tiers": [
             {
                 "name": "ram",
-                "path": str(Path("/dev/shm") / root.name / "ram"),
+                "path": str(Path("/dev/shm") / "-".join(root.parts[-2:]) / "ram"),
                 "capacity": ram,
                 "verify": verify,
             },
@@ -55,13 +55,15 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="tc-bench-"))
-    shm = Path("/dev/shm") / root.name
+    shm = [Path("/dev/shm") / f"{root.parent.name}-{root.name}",
+           Path("/dev/shm") / f"{root.name}-strict"]  # fmt: skip
     try:
         with moto_server() as endpoint:
             rows, extra = run(endpoint, root, args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(shm, ignore_errors=True)
+        for path in shm:
+            shutil.rmtree(path, ignore_errors=True)
     report(
         "tiercache read path",
         rows,

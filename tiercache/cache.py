@@ -162,10 +162,10 @@ class Cache:
     def _open_blob(self, entry: Entry) -> Blob | None:
         store = self.stores[entry.tier]
         try:
-            if entry.blob.small or entry.blob.compressed or self._always_verify[entry.tier]:
-                data = store.get(entry.blob_id, entry.blob)
-                return Blob(entry, store, data)
-            return Blob(entry, store, store.mapped(entry.blob_id, entry.blob))
+            if entry.blob.small or entry.blob.compressed:
+                return Blob(entry, store, store.get(entry.blob_id, entry.blob))
+            verify = self._always_verify[entry.tier]
+            return Blob(entry, store, store.mapped(entry.blob_id, entry.blob, verify=verify))
         except FileNotFoundError:
             return None
         except CorruptBlobError as exc:
@@ -385,6 +385,7 @@ class Cache:
         for the lock, and the first to get it becomes the next engine. Nothing in flight is
         lost or read twice.
         """
+        _LIVE.discard(self)  # a closed cache is not reopened in forked children
         self.flush_access()
         if self._server is not None:
             self._server.drain()

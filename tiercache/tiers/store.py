@@ -192,7 +192,7 @@ class TierStore:
         self._check(blob_id, data, meta)
         return self._decode(data, meta) if meta.compressed else data
 
-    def open_verified(self, blob_id: str, meta: BlobMeta) -> int:
+    def open_verified(self, blob_id: str, meta: BlobMeta, *, always: bool = False) -> int:
         """An open descriptor on a file blob whose bytes match ``meta``.
 
         The whole blob is re-hashed only when the file's identity (inode, mtime) differs
@@ -201,7 +201,7 @@ class TierStore:
         """
         fd, st = self._open_sized(blob_id, meta)
         try:
-            if self._changed(st, meta):
+            if always or self._changed(st, meta):
                 self._check(blob_id, _read_exact(fd, meta.stored_size, 0), meta)
             return fd
         except BaseException:
@@ -220,7 +220,7 @@ class TierStore:
             )
         return fd, st
 
-    def mapped(self, blob_id: str, meta: BlobMeta) -> memoryview:
+    def mapped(self, blob_id: str, meta: BlobMeta, *, verify: bool = False) -> memoryview:
         """The blob's bytes as a read-only view of a shared mapping (no copy, no syscall).
 
         Used for tiers with ``verify = "on-change"``: a mapping made once per process and
@@ -232,8 +232,10 @@ class TierStore:
         cached = self._maps.get(blob_id)
         if cached is not None and (cached.ino, cached.mtime_ns) == (meta.ino, meta.mtime_ns):
             self._maps.move_to_end(blob_id)
+            if verify:  # disks rot without touching mtime: hash what this read will copy
+                self._check(blob_id, cached.view, meta)
             return cached.view
-        fd = self.open_verified(blob_id, meta)  # raises if missing or damaged
+        fd = self.open_verified(blob_id, meta, always=verify)  # raises if missing or damaged
         try:
             st = os.fstat(fd)
             mm = mmap.mmap(fd, meta.stored_size, prot=mmap.PROT_READ) if meta.stored_size else None
