@@ -114,3 +114,35 @@ class EvictionPolicy(ABC):
     def params(self) -> dict[str, Any]:
         """The tunable parameters in force, for reports."""
         return {}
+
+
+class SizedPolicy(EvictionPolicy):
+    """An algorithm whose residents are the keys of ``self._sizes`` (key -> bytes).
+
+    Most algorithms keep exactly that table beside their own ordering structures; this
+    class holds the bookkeeping they would otherwise each repeat. Subclasses whose
+    ``remove`` must also update their own structures override it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._sizes: dict[Key, int] = {}
+
+    def remove(self, key: Key) -> None:
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            self.used -= size
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def resident(self) -> Iterable[Key]:
+        return self._sizes.keys()
+
+    def check(self) -> None:
+        super().check()
+        if sum(self._sizes.values()) != self.used:
+            raise PolicyInvariantError(f"{self.name}: resident sizes do not sum to used bytes")

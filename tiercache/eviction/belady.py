@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from .base import EvictionPolicy, Key, PolicyInvariantError
+from .base import Key, PolicyInvariantError, SizedPolicy
 
 #: The next-use time of a key with no known future access.
 NEVER = 1 << 62
 
 
-class Belady(EvictionPolicy):
+class Belady(SizedPolicy):
     name = "belady"
 
     def __init__(
@@ -44,7 +44,6 @@ class Belady(EvictionPolicy):
         self.fallback = fallback
         self.bypass = bypass
         self._shadow = create_policy(fallback, capacity)
-        self._sizes: dict[Key, int] = {}
         self._next: dict[Key, int] = {}  # resident key -> next use
         self._stamp: dict[Key, int] = {}  # resident key -> time of its last access
         self._heap: list[tuple[int, int, Key]] = []  # (-next use, stamp, key), lazily pruned
@@ -235,15 +234,6 @@ class Belady(EvictionPolicy):
         self._forget(key)
         self._shadow.remove(key)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._sizes
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def resident(self) -> Iterable[Key]:
-        return self._sizes.keys()
-
     def params(self) -> dict[str, Any]:
         return {
             "fallback": self.fallback,
@@ -253,8 +243,6 @@ class Belady(EvictionPolicy):
 
     def check(self) -> None:
         super().check()
-        if sum(self._sizes.values()) != self.used:
-            raise PolicyInvariantError("belady: resident sizes do not sum to used bytes")
         if self._next.keys() != self._sizes.keys() or self._stamp.keys() != self._sizes.keys():
             raise PolicyInvariantError("belady: next-use bookkeeping and residents disagree")
         if not set(self._shadow.resident()) <= self._sizes.keys():

@@ -13,13 +13,12 @@ Parameters match libCacheSim's ``Clock``: ``n_bit_counter=1`` (counter saturates
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
-from .base import EvictionPolicy, Key, PolicyInvariantError
+from .base import Key, PolicyInvariantError, SizedPolicy
 
 
-class Clock(EvictionPolicy):
+class Clock(SizedPolicy):
     name = "clock"
 
     def __init__(self, capacity: int, n_bit_counter: int = 1, init_freq: int = 0) -> None:
@@ -73,19 +72,11 @@ class Clock(EvictionPolicy):
     def __contains__(self, key: object) -> bool:
         return key in self._freq
 
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def resident(self) -> Iterable[Key]:
-        return self._sizes.keys()
-
     def params(self) -> dict[str, Any]:
         return {"n_bit_counter": self.n_bit_counter, "init_freq": self.init_freq}
 
     def check(self) -> None:
         super().check()
-        if sum(self._sizes.values()) != self.used:
-            raise PolicyInvariantError("clock: resident sizes do not sum to used bytes")
         if self._freq.keys() != self._sizes.keys():
             raise PolicyInvariantError("clock: counters and queue hold different keys")
         if any(not 0 <= f <= self._max_freq for f in self._freq.values()):

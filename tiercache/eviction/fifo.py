@@ -9,12 +9,11 @@ choice, but it never reorders anything, so it is the cheapest policy to run.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 
-from .base import EvictionPolicy, Key, PolicyInvariantError
+from .base import Key, SizedPolicy
 
 
-class FIFO(EvictionPolicy):
+class FIFO(SizedPolicy):
     name = "fifo"
 
     def __init__(self, capacity: int) -> None:
@@ -37,22 +36,3 @@ class FIFO(EvictionPolicy):
         sizes[key] = size
         self.used += size
         return evicted
-
-    def remove(self, key: Key) -> None:
-        size = self._sizes.pop(key, None)
-        if size is not None:
-            self.used -= size
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._sizes
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def resident(self) -> Iterable[Key]:
-        return self._sizes.keys()
-
-    def check(self) -> None:
-        super().check()
-        if sum(self._sizes.values()) != self.used:
-            raise PolicyInvariantError("fifo: resident sizes do not sum to used bytes")

@@ -11,17 +11,15 @@ never age out.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 
-from .base import EvictionPolicy, Key, PolicyInvariantError
+from .base import Key, PolicyInvariantError, SizedPolicy
 
 
-class LFU(EvictionPolicy):
+class LFU(SizedPolicy):
     name = "lfu"
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
-        self._sizes: dict[Key, int] = {}
         self._freq: dict[Key, int] = {}
         # frequency -> keys at that frequency, in the order they reached it.
         self._buckets: dict[int, OrderedDict[Key, None]] = {}
@@ -84,19 +82,8 @@ class LFU(EvictionPolicy):
                 self._min_freq = min(self._buckets) if self._buckets else 1
         self.used -= self._sizes.pop(key)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._sizes
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def resident(self) -> Iterable[Key]:
-        return self._sizes.keys()
-
     def check(self) -> None:
         super().check()
-        if sum(self._sizes.values()) != self.used:
-            raise PolicyInvariantError("lfu: resident sizes do not sum to used bytes")
         in_buckets = sum(len(b) for b in self._buckets.values())
         if in_buckets != len(self._sizes) or self._freq.keys() != self._sizes.keys():
             raise PolicyInvariantError("lfu: frequency buckets and residents disagree")

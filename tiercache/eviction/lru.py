@@ -12,12 +12,11 @@ thrashes: with a cache of fraction c of the data it hits far less than the fract
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 
-from .base import EvictionPolicy, Key, PolicyInvariantError
+from .base import Key, SizedPolicy
 
 
-class LRU(EvictionPolicy):
+class LRU(SizedPolicy):
     name = "lru"
 
     def __init__(self, capacity: int) -> None:
@@ -43,22 +42,3 @@ class LRU(EvictionPolicy):
         sizes[key] = size
         self.used += size
         return evicted
-
-    def remove(self, key: Key) -> None:
-        size = self._sizes.pop(key, None)
-        if size is not None:
-            self.used -= size
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._sizes
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def resident(self) -> Iterable[Key]:
-        return self._sizes.keys()
-
-    def check(self) -> None:
-        super().check()
-        if sum(self._sizes.values()) != self.used:
-            raise PolicyInvariantError("lru: resident sizes do not sum to used bytes")

@@ -10,17 +10,14 @@ worst choice for anything whose popular set drifts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from .base import EvictionPolicy, Key, PolicyInvariantError
+from .base import Key, SizedPolicy
 
 
-class Static(EvictionPolicy):
+class Static(SizedPolicy):
     name = "static"
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
-        self._sizes: dict[Key, int] = {}
 
     def record(self, key: Key, size: int) -> bool:
         return key in self._sizes
@@ -43,22 +40,3 @@ class Static(EvictionPolicy):
         self._sizes[key] = size
         self.used += size
         return []
-
-    def remove(self, key: Key) -> None:
-        size = self._sizes.pop(key, None)
-        if size is not None:
-            self.used -= size
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._sizes
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def resident(self) -> Iterable[Key]:
-        return self._sizes.keys()
-
-    def check(self) -> None:
-        super().check()
-        if sum(self._sizes.values()) != self.used:
-            raise PolicyInvariantError("static: resident sizes do not sum to used bytes")
