@@ -329,10 +329,18 @@ class Engine:
 
     def _copy_into(self, w: IndexWriter, entry: Entry, tier: int) -> Entry | None:
         """Copy an entry's blob into ``tier`` within the open index transaction ``w``."""
-        try:
-            data = self.stores[entry.tier].get(entry.blob_id, entry.blob)
-        except (FileNotFoundError, CorruptBlobError):
-            return None
+        with contextlib.ExitStack() as stack:
+            try:
+                data = stack.enter_context(
+                    self.stores[entry.tier].borrowed(entry.blob_id, entry.blob)
+                )
+            except (FileNotFoundError, CorruptBlobError):
+                return None  # gone or damaged: nothing worth moving
+            return self._copy_bytes_into(w, entry, tier, data)
+
+    def _copy_bytes_into(
+        self, w: IndexWriter, entry: Entry, tier: int, data: bytes | memoryview
+    ) -> Entry | None:
         store, policy = self.stores[tier], self.policies[tier]
         stored, compressed = store.encode(data)
         if not self._fit_to_disk(tier, len(stored)):
