@@ -553,6 +553,10 @@ class Engine:
             if entry is None or entry.tier == 0:
                 return False
             upper = entry.tier - 1
+            if not self.policies[upper].admit(blob_id, entry.blob.stored_size):
+                # Promotion is an admission: a full static tier, or MIN knowing that every
+                # resident is needed sooner, keeps the key where it is (no copying churn).
+                return False
             try:
                 with self.index.write() as w:
                     moved = self._copy_into(w, entry, upper)
