@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lmdb
 
+from .forksafe import transaction
 from .security import ensure_private_dir
 from .tiers.store import BlobMeta
 
@@ -99,23 +100,23 @@ class Index:
 
     def get(self, key: str) -> Entry | None:
         blob_id = blob_id_for(key)
-        with self.env.begin(db=self.entries, buffers=True) as txn:
+        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
             raw = txn.get(blob_id.encode())
             return Entry.unpack(raw, blob_id) if raw is not None else None
 
     def get_by_blob_id(self, blob_id: str) -> Entry | None:
-        with self.env.begin(db=self.entries, buffers=True) as txn:
+        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
             raw = txn.get(blob_id.encode())
             return Entry.unpack(raw, blob_id) if raw is not None else None
 
     def __iter__(self) -> Iterator[Entry]:
-        with self.env.begin(db=self.entries, buffers=True) as txn:
+        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
             for k, v in txn.cursor():
                 yield Entry.unpack(v, bytes(k).decode())
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per tier: ``entries`` and ``used_bytes`` (stored bytes), as last committed."""
-        with self.env.begin(db=self.meta) as txn:
+        with transaction(), self.env.begin(db=self.meta) as txn:
             raw = txn.get(b"totals")
         stored = json.loads(raw) if raw else {}
         return {name: stored.get(name, {"entries": 0, "used_bytes": 0}) for name in self.tier_names}
@@ -149,7 +150,13 @@ class IndexWriter:
         self.index = index
 
     def __enter__(self) -> IndexWriter:
-        self.txn = self.index.env.begin(write=True)
+        self._gate = transaction()
+        self._gate.__enter__()
+        try:
+            self.txn = self.index.env.begin(write=True)
+        except BaseException:
+            self._gate.__exit__(None, None, None)
+            raise
         raw = self.txn.get(b"totals", db=self.index.meta)
         self.totals: dict[str, dict[str, int]] = json.loads(raw) if raw else {}
         return self
@@ -187,8 +194,11 @@ class IndexWriter:
         self.totals = {}
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.txn.put(b"totals", json.dumps(self.totals).encode(), db=self.index.meta)
-            self.txn.commit()
-        else:
-            self.txn.abort()
+        try:
+            if exc_type is None:
+                self.txn.put(b"totals", json.dumps(self.totals).encode(), db=self.index.meta)
+                self.txn.commit()
+            else:
+                self.txn.abort()
+        finally:
+            self._gate.__exit__(None, None, None)

@@ -31,6 +31,7 @@ import lmdb
 import lz4.frame
 
 from ..config import TierConfig
+from ..forksafe import transaction
 from ..security import ensure_private_dir
 
 _TMP_PREFIX = ".tmp-"
@@ -162,7 +163,7 @@ class TierStore:
         mtime, so the identity recorded at staging stays true)."""
         if staged.tmp is None:
             try:
-                with self.small.begin(write=True) as txn:
+                with transaction(), self.small.begin(write=True) as txn:
                     txn.put(staged.blob_id.encode(), staged.stored)
             except (lmdb.DiskError, lmdb.MapFullError) as exc:
                 # To the engine a full small-object store is a full disk: skip the tier.
@@ -179,7 +180,7 @@ class TierStore:
     def get(self, blob_id: str, meta: BlobMeta) -> bytes:
         """The whole object's bytes (decompressed), verified against ``meta.checksum``."""
         if meta.small:
-            with self.small.begin(buffers=True) as txn:
+            with transaction(), self.small.begin(buffers=True) as txn:
                 view = txn.get(blob_id.encode())
                 if view is None:
                     raise FileNotFoundError(errno.ENOENT, "blob missing", blob_id)
@@ -321,7 +322,7 @@ class TierStore:
     # -- delete and housekeeping ----------------------------------------------------------------
     def delete(self, blob_id: str, meta: BlobMeta) -> None:
         if meta.small:
-            with self.small.begin(write=True) as txn:
+            with transaction(), self.small.begin(write=True) as txn:
                 txn.delete(blob_id.encode())
             return
         with contextlib.suppress(FileNotFoundError):
@@ -339,7 +340,7 @@ class TierStore:
         return found
 
     def small_ids(self) -> set[str]:
-        with self.small.begin() as txn:
+        with transaction(), self.small.begin() as txn:
             return {bytes(k).decode() for k, _ in txn.cursor()}
 
     def sweep_temporaries(self) -> int:
