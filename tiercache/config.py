@@ -68,7 +68,7 @@ class PrefetchConfig:
 
 @dataclass(frozen=True)
 class PromotionConfig:
-    """Hits a key needs in a slower tier before it moves to the next faster one."""
+    """Hits a key needs in a slower tier before it moves to the next faster one (0: never)."""
 
     hits: int = 2
 
@@ -356,7 +356,7 @@ def _parse_prefetch(r: _Reader) -> PrefetchConfig:
 
 
 def _parse_promotion(r: _Reader) -> PromotionConfig:
-    return PromotionConfig(_integer(r, "hits", 2, minimum=1))
+    return PromotionConfig(_integer(r, "hits", 2, minimum=0))
 
 
 def _parse_admission(r: _Reader) -> AdmissionConfig:

@@ -11,7 +11,7 @@ Placement rules:
 
 * a miss is admitted into the admission tier (the fastest by default) if its policy agrees;
 * a key evicted from a tier is demoted into the next slower tier, and dropped from the last;
-* a key hit ``promotion.hits`` times in a slower tier moves up one tier;
+* a key hit ``promotion.hits`` times in a slower tier moves up one tier (0: never);
 * before writing, a tier's budget shrinks to what its disk can hold above ``min_free``;
   a tier whose disk is full is skipped, never allowed to fail the reader.
 
@@ -537,7 +537,7 @@ class Engine:
                 policy.record(blob_id, size)
             seen = self._touched.get(blob_id)
             self._touched[blob_id] = (time.time(), seen[1] + 1 if seen else 1)
-            if tier > 0 and blob_id in self.policies[tier]:
+            if tier > 0 and self.config.promotion.hits and blob_id in self.policies[tier]:
                 hits = self._promotion_hits.get(blob_id, 0) + 1
                 if hits >= self.config.promotion.hits:
                     self._promotion_hits.pop(blob_id, None)
