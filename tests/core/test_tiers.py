@@ -224,3 +224,18 @@ def test_object_no_tier_takes_is_read_from_origin_once_for_its_readers(
     assert len(s3_server.requests("GET", "st/4")) == 1
     assert fs.stats()["not_admitted"] == 3  # asked each time; the tiers stay as they were
     assert fs.cache.index.get(f"s3://{bucket}/st/4") is None
+
+
+def test_promotion_can_be_switched_off(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    objs = {f"np/{i}": os.urandom(MiB) for i in range(4)}
+    put_objects(s3_server, bucket, objs)
+    fs = fs_for(cache_dirs, s3_server, ram=2 * MiB, ssd=8 * MiB, promotion={"hits": 0})
+    for key in objs:
+        fs.cat_file(f"{bucket}/{key}")
+    for _ in range(5):
+        assert fs.cat_file(f"{bucket}/np/0") == objs["np/0"]
+        fs.cache.engine._housekeeping_once()
+    assert fs.cache.index.get(f"s3://{bucket}/np/0").tier == 1
+    assert fs.stats()["tiers"]["ssd"]["promotions"] == 0

@@ -46,7 +46,7 @@ BAD_VALUES = [
     ('[validation]\nmode = "sometimes"', "validation.mode"),
     ("[metrics]\nport = 70000", "metrics.port"),
     ('[prefetch]\ndepth_bytes = "1XB"', "prefetch.depth_bytes"),
-    ("[promotion]\nhits = 0", "promotion.hits"),
+    ("[promotion]\nhits = -1", "promotion.hits"),
     ('[admission]\ntier = "nvme"', "admission.tier"),
     ('[[tiers]]\nname = "ram"\npath = "/tmp/x"\ncapacity = 1', "tiers.name"),
     ('[[tiers]]\nname = "ssd"\npath = "/tmp/x"\ncapacity = "lots"', "tiers[1].capacity"),
