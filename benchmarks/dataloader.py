@@ -361,8 +361,12 @@ def main() -> int:
         default="none",
         help="per-batch work: 'none' touches the data; 'model' runs the demo's step",
     )
-    p.add_argument("--max-epoch-seconds", type=float, default=60.0,
-                   help="cut an epoch short after this long (a thrashing configuration)")
+    p.add_argument(
+        "--max-epoch-seconds",
+        type=float,
+        default=60.0,
+        help="cut an epoch short after this long (a thrashing configuration)",
+    )
     p.add_argument("--only", default=",".join(ALL), help="comma-separated configurations")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.add_argument("--no-progress", action="store_true")
