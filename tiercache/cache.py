@@ -49,8 +49,9 @@ class Blob:
 
     entry: Entry
     store: TierStore
-    data: bytes | memoryview | None = None  # whole object in hand (fresh, small, mapped)
-    fd: int = -1  # otherwise an open, verified descriptor on the blob file (caller closes)
+    #: The whole object: bytes in hand (fresh from the origin, small, decompressed) or a
+    #: view of the tier's shared mapping, which stays readable even if the engine evicts it.
+    data: bytes | memoryview
     #: Fetched from the origin for this request: its bytes count as origin bytes, not as
     #: bytes a tier served, so ``bytes_read`` per tier says what the cache itself delivered.
     missed: bool = False
@@ -148,13 +149,8 @@ class Cache:
         s, e = _resolve_range(start, end, size)
         if isinstance(blob.data, memoryview):
             data = bytes(blob.data[s:e])  # the one copy, out of the shared mapping
-        elif blob.data is not None:
-            data = blob.data if (s, e) == (0, size) else blob.data[s:e]
         else:
-            try:
-                data = _pread(blob.fd, e - s, s)
-            finally:
-                os.close(blob.fd)
+            data = blob.data if (s, e) == (0, size) else blob.data[s:e]
         if blob.entry.tier >= 0 and not blob.missed:  # a miss's bytes count as origin bytes
             self.counters.add("bytes_read", len(data), tier=blob.entry.tier)
         return data
@@ -436,16 +432,6 @@ def _uncached_entry(key: str, data: bytes) -> Entry:
     from .tiers.store import BlobMeta
 
     return Entry(key, -1, len(data), BlobMeta(len(data), 0, False, False), "")
-
-
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    while len(data) < size:  # only on signals; regular files otherwise read in full
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            break
-        data += more
-    return data
 
 
 def _resolve_range(start: int | None, end: int | None, size: int) -> tuple[int, int]:

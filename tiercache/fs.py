@@ -231,9 +231,9 @@ def _origin_options(protocol: str, options: dict[str, Any] | None) -> dict[str, 
 class TierCacheFile(io.RawIOBase):
     """A read-only, seekable file over one cached object.
 
-    The blob was located and verified when the file was opened; reads go straight to it
-    with ``pread`` (one copy) or slice bytes already in hand. Holding the descriptor keeps
-    the bytes readable even if the engine evicts the object meanwhile.
+    The blob was located and verified when the file was opened; a read is one copy out of
+    the tier's shared mapping (or of bytes already in hand). Holding the mapping keeps the
+    bytes readable even if the engine evicts the object meanwhile.
     """
 
     def __init__(self, fs: TierCacheFileSystem, path: str, blob: Blob) -> None:
@@ -244,8 +244,7 @@ class TierCacheFile(io.RawIOBase):
         self.size = blob.entry.size
         self._blob = blob
         self._pos = 0
-        self._fd = blob.fd
-        self._data = memoryview(blob.data) if blob.data is not None else None
+        self._data: memoryview | None = memoryview(blob.data)
 
     @property
     def name(self) -> str:
@@ -268,15 +267,12 @@ class TierCacheFile(io.RawIOBase):
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
-        if self.closed:
+        if self._data is None:
             raise ValueError(f"I/O operation on closed file {self.path}")
         end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
         if end <= self._pos:
             return b""
-        if self._data is not None:
-            data = bytes(self._data[self._pos : end])
-        else:
-            data = os.pread(self._fd, end - self._pos, self._pos)
+        data = bytes(self._data[self._pos : end])
         self._pos += len(data)
         self._count(len(data))
         return data
@@ -290,10 +286,9 @@ class TierCacheFile(io.RawIOBase):
         n = max(0, end - self._pos)
         if n == 0:
             return 0
-        if self._data is not None:
-            view[:n] = self._data[self._pos : end]
-        else:
-            n = os.preadv(self._fd, [view[:n]], self._pos)
+        if self._data is None:
+            raise ValueError(f"I/O operation on closed file {self.path}")
+        view[:n] = self._data[self._pos : end]
         self._pos += n
         self._count(n)
         return n
@@ -308,10 +303,9 @@ class TierCacheFile(io.RawIOBase):
         return {"name": self.path, "size": self.size, "type": "file"}
 
     def close(self) -> None:
-        if not self.closed and self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._data = None
+        if self._data is not None:
+            self._data.release()
+            self._data = None
         super().close()
 
     def __enter__(self) -> TierCacheFile:
