@@ -53,7 +53,7 @@ class TierCacheFileSystem(ChainedFileSystem):
                     "or fs=<an fsspec filesystem>, or a chained URL 'tiercache::s3://bucket/key'"
                 )
             fs = fsspec.filesystem(
-                target_protocol, **_origin_options(target_protocol, target_options)
+                target_protocol, **origin_options(target_protocol, target_options)
             )
         self.fs = fs
         self.config = load_config(config)
@@ -218,7 +218,7 @@ def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def _origin_options(protocol: str, options: dict[str, Any] | None) -> dict[str, Any]:
+def origin_options(protocol: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """s3fs reads AWS_ENDPOINT_URL itself only in new botocore; make it explicit."""
     options = dict(options or {})
     if protocol in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):

@@ -8,6 +8,10 @@ same cache.
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
+
+import fsspec
 
 from ..config import ENV_VAR, Config, load_config, preset_names
 
@@ -35,3 +39,35 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """
     source = getattr(args, "config", None) or getattr(args, "policy", None)
     return load_config(source)
+
+
+def add_origin_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--target-options JSON``: options for the origin filesystem of a URL."""
+    parser.add_argument(
+        "--target-options",
+        metavar="JSON",
+        default="{}",
+        help='origin filesystem options, e.g. \'{"endpoint_url": "http://..."}\'',
+    )
+
+
+def target_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--target-options`` parsed, with an error naming the flag if it is not a JSON object."""
+    try:
+        options = json.loads(args.target_options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--target-options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError("--target-options must be a JSON object")
+    return options
+
+
+def origin_from_url(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The origin filesystem of ``url`` (``tiercache::`` allowed) and the path within it;
+    for S3 the endpoint may come from ``AWS_ENDPOINT_URL``."""
+    from ..fs import origin_options
+
+    url = url.removeprefix("tiercache::")
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    fs, path = fsspec.core.url_to_fs(url, **origin_options(protocol, options))
+    return fs, path

@@ -8,7 +8,6 @@ and returns once the mount is live, or with the child's error if it could not mo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -19,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..sizes import parse_size
-from .common import add_config_args, config_from_args
+from .common import (
+    add_config_args,
+    add_origin_args,
+    config_from_args,
+    origin_from_url,
+    target_options,
+)
 
 _MOUNT_WAIT_SECONDS = 60.0
 
@@ -35,12 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("url", metavar="URL")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_config_args(p)
-    p.add_argument(
-        "--target-options",
-        metavar="JSON",
-        default="{}",
-        help='origin filesystem options, e.g. \'{"endpoint_url": "http://..."}\'',
-    )
+    add_origin_args(p)
     p.add_argument(
         "--background", action="store_true", help="detach once mounted (logs go to --log-file)"
     )
@@ -90,7 +90,7 @@ def register(subparsers: Any) -> None:
 def run_mount_command(args: argparse.Namespace) -> int:
     mountpoint = _check_mountpoint(args.mountpoint)
     config = config_from_args(args)  # errors in the config surface before anything forks
-    options = _target_options(args.target_options)
+    options = target_options(args)
     readahead = parse_size(args.readahead, key="--readahead")
     if args.background:
         return _spawn_background(args, mountpoint, config)
@@ -169,25 +169,9 @@ def _check_mountpoint(path: str) -> str:
     return mountpoint
 
 
-def _target_options(text: str) -> dict[str, Any]:
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--target-options is not valid JSON: {exc}") from None
-    if not isinstance(options, dict):
-        raise ValueError("--target-options must be a JSON object")
-    return options
-
-
 def _filesystem(url: str, options: dict[str, Any], config: Any, cls: Any) -> tuple[Any, str]:
     """The TierCacheFileSystem over ``url``'s origin, and the prefix to mount."""
-    import fsspec
-
-    from ..fs import _origin_options
-
-    url = url.removeprefix("tiercache::")
-    protocol = fsspec.core.split_protocol(url)[0] or "file"
-    origin, root = fsspec.core.url_to_fs(url, **_origin_options(protocol, options))
+    origin, root = origin_from_url(url, options)
     fs = cls(config=config, fs=origin)
     try:
         info = fs.info(root)

@@ -11,7 +11,13 @@ import fsspec
 
 from ..fs import TierCacheFileSystem
 from ..sizes import format_size
-from .common import add_config_args, config_from_args
+from .common import (
+    add_config_args,
+    add_origin_args,
+    config_from_args,
+    origin_from_url,
+    target_options,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -24,12 +30,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("urls", nargs="+", metavar="URL")
     add_config_args(p)
-    p.add_argument(
-        "--target-options",
-        metavar="JSON",
-        default="{}",
-        help='origin filesystem options, e.g. \'{"endpoint_url": "http://..."}\'',
-    )
+    add_origin_args(p)
     p.add_argument(
         "--concurrency",
         type=int,
@@ -42,7 +43,7 @@ def register(subparsers: Any) -> None:
 
 def origin_files(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     """The origin filesystem of ``url`` and every file the URL names (prefixes recurse)."""
-    fs, path = fsspec.core.url_to_fs(url, **options)
+    fs, path = origin_from_url(url, options)
     if any(c in path for c in "*?["):
         files = [p for p in fs.glob(path) if fs.isfile(p)]
     elif fs.isdir(path):
@@ -56,15 +57,11 @@ def origin_files(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFile
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    try:
-        options = json.loads(args.target_options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--target-options is not valid JSON: {exc}") from None
+    options = target_options(args)
     started = time.perf_counter()
     totals: dict[str, Any] = {"objects": 0, "bytes": 0, "errors": {}}
     for url in args.urls:
-        protocol = fsspec.core.split_protocol(url)[0] or "file"
-        origin, files = origin_files(url, _with_env_endpoint(protocol, options))
+        origin, files = origin_files(url, options)
         fs = TierCacheFileSystem(config=config, fs=origin)
         done = fs.warm(files, progress=not args.json, on_error="omit", concurrency=args.concurrency)
         totals["objects"] += done["objects"]
@@ -83,9 +80,3 @@ def run(args: argparse.Namespace) -> int:
         for path, error in totals["errors"].items():
             print(f"  failed: {path}: {error}")
     return 1 if totals["errors"] else 0
-
-
-def _with_env_endpoint(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
-    from ..fs import _origin_options
-
-    return _origin_options(protocol, options)
