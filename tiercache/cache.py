@@ -45,10 +45,9 @@ _ACCESS_MAX_AGE = 0.1
 
 @dataclass
 class Blob:
-    """A located, verified object ready to be read: an entry and the tier that holds it."""
+    """A located, verified object ready to be read: its entry and its bytes."""
 
     entry: Entry
-    store: TierStore
     #: The whole object: bytes in hand (fresh from the origin, small, decompressed) or a
     #: view of the tier's shared mapping, which stays readable even if the engine evicts it.
     data: bytes | memoryview
@@ -159,9 +158,9 @@ class Cache:
         store = self.stores[entry.tier]
         try:
             if entry.blob.small or entry.blob.compressed:
-                return Blob(entry, store, store.get(entry.blob_id, entry.blob))
+                return Blob(entry, store.get(entry.blob_id, entry.blob))
             verify = self._always_verify[entry.tier]
-            return Blob(entry, store, store.mapped(entry.blob_id, entry.blob, verify=verify))
+            return Blob(entry, store.mapped(entry.blob_id, entry.blob, verify=verify))
         except FileNotFoundError:
             return None
         except CorruptBlobError as exc:
@@ -208,8 +207,8 @@ class Cache:
             result = engine.fetch(origin, path)
             self._validated[key] = time.monotonic()
             if result.entry is None:
-                return Blob(_uncached_entry(key, result.data), self.stores[0], result.data)
-            return Blob(result.entry, self.stores[result.entry.tier], result.data)
+                return Blob(_uncached_entry(key, result.data), result.data)
+            return Blob(result.entry, result.data)
         if origin.pickled is None:
             origin.pickled = dump_origin(origin.fs)
         reply, payload = self.engine_call(
@@ -217,7 +216,7 @@ class Cache:
         )
         self._validated[key] = time.monotonic()
         if reply["status"] == "data":
-            return Blob(_uncached_entry(key, payload), self.stores[0], payload)
+            return Blob(_uncached_entry(key, payload), payload)
         return None
 
     def _record_access(self, entry: Entry) -> None:

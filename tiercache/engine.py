@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -491,9 +491,7 @@ class Engine:
                 with self.index.write() as w:
                     for entry in bad:
                         w.delete(entry.blob_id)
-                    w.totals = {}
-                    for entry in self.index_entries_in(w):
-                        w._adjust(entry, +1)
+                    w.recount_totals()
                 self.rebuild()
                 repaired = True
             return {
@@ -507,10 +505,6 @@ class Engine:
                     for name in self.config.tier_names
                 },
             }
-
-    def index_entries_in(self, w: IndexWriter) -> list[Entry]:
-        """Entries as the open write transaction ``w`` sees them."""
-        return [Entry.unpack(v, bytes(k).decode()) for k, v in w.txn.cursor(db=self.index.entries)]
 
     def clear(self, tier: str | None = None) -> dict[str, int]:
         """Drop every entry (of one tier, or all); the origin still has everything."""
@@ -619,8 +613,8 @@ class Engine:
                         entry.hits += hits
                         w.touch(entry)
 
-    def submit(self, fn: object, *args: object) -> Future[object]:
-        return self._pool.submit(fn, *args)  # type: ignore[arg-type]
+    def submit(self, fn: Callable[..., object], *args: object) -> Future[object]:
+        return self._pool.submit(fn, *args)
 
     def close(self) -> None:
         self._stop.set()

@@ -189,9 +189,11 @@ class IndexWriter:
             self._adjust(old, -1)
         return old
 
-    def clear(self) -> None:
-        self.txn.drop(self.index.entries, delete=False)
+    def recount_totals(self) -> None:
+        """Recompute the per-tier totals from the entries themselves (``verify --repair``)."""
         self.totals = {}
+        for key, raw in self.txn.cursor(db=self.index.entries):
+            self._adjust(Entry.unpack(raw, bytes(key).decode()), +1)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:

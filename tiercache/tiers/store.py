@@ -120,11 +120,6 @@ class TierStore:
                 return packed, True
         return data, False
 
-    def put(self, blob_id: str, data: bytes | memoryview) -> BlobMeta:
-        """Store ``data``; visible under ``blob_id`` only once complete and durable."""
-        stored, compressed = self.encode(data)
-        return self.put_encoded(blob_id, stored, compressed, len(data))
-
     def put_encoded(
         self, blob_id: str, stored: bytes | memoryview, compressed: bool, size: int
     ) -> BlobMeta:
