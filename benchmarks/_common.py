@@ -1,6 +1,6 @@
 """What every benchmark needs: a moto S3 server in its own process, uploads, and reporting.
 
-moto runs as a separate process (the ``moto_server`` command) so that its CPU time does not
+moto runs as a separate process (as the demo runs it) so that its CPU time does not
 share the benchmark's interpreter lock; everything still crosses real HTTP on loopback.
 """
 
@@ -9,9 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,33 +21,14 @@ CREDENTIALS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """Start ``moto_server`` on a free loopback port; yields its endpoint URL."""
+    """moto's S3 server in its own process (``tiercache.demo.server``); yields its endpoint."""
+    from tiercache.demo.server import start_s3_server
+
     os.environ.update(CREDENTIALS)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            time.sleep(0.1)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with start_s3_server() as server:
+        yield server.endpoint
 
 
 def s3_options(endpoint: str) -> dict[str, Any]:
