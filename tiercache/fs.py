@@ -145,9 +145,9 @@ class TierCacheFileSystem(ChainedFileSystem):
         parent = posixpath.dirname(path.rstrip("/"))
         try:
             if parent and parent != path:
-                for item in self.origin.ls(parent):
-                    if self.origin.strip(item["name"]).rstrip("/") == path.rstrip("/"):
-                        return item
+                item = self.origin.listed(path)
+                if item is not None:
+                    return item
             return self.origin.call("info", path, lambda: self.fs.info(path))
         except (OriginError, FileNotFoundError):
             entry = self.cache.index.get(self.origin.key(path))

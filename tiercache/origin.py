@@ -88,7 +88,8 @@ class Origin:
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol = protocol
         self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-        self._versions: dict[str, tuple[float, dict[str, str]]] = {}  # parent -> name -> version
+        #: parent -> (listing time, name -> info), built once per listing
+        self._names: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._reported: set[str] = set()
         self._deadline = threading.local()  # of the call() running in this thread
@@ -314,26 +315,33 @@ class Origin:
             self._listings.setdefault(path, (0.0, saved["listing"]))
         return self._listings[path]
 
-    def version_from_listing(self, path: str, max_age: float) -> str | None:
-        """The object's current version from its parent's listing; None if it is gone."""
-        path = self.strip(path)
+    def listed(self, path: str, max_age: float | None = None) -> dict[str, Any] | None:
+        """The info of ``path`` from its parent's listing (None: not there).
+
+        Looked up in a name table built once per listing, not by scanning the listing:
+        a FUSE ``getattr`` or a validation per object would otherwise cost O(n) each.
+        """
+        path = self.strip(path).rstrip("/")
         parent = posixpath.dirname(path)
         listing = self.ls(parent, max_age=max_age)
         when = self._listings[parent.rstrip("/")][0] if parent.rstrip("/") in self._listings else 0
-        versions = self._versions.get(parent)
-        if versions is None or versions[0] != when:
-            table = {
-                self.strip(i["name"]).rstrip("/"): object_version(i)
-                for i in listing
-                if i.get("type") != "directory"
-            }
-            versions = self._versions[parent] = (when, table)
-        return versions[1].get(path)
+        names = self._names.get(parent)
+        if names is None or names[0] != when:
+            table = {self.strip(i["name"]).rstrip("/"): i for i in listing}
+            names = self._names[parent] = (when, table)
+        return names[1].get(path)
+
+    def version_from_listing(self, path: str, max_age: float) -> str | None:
+        """The object's current version from its parent's listing; None if it is gone."""
+        info = self.listed(path, max_age=max_age)
+        if info is None or info.get("type") == "directory":
+            return None
+        return object_version(info)
 
     def forget_listings(self) -> None:
         with self._lock:
             self._listings.clear()
-            self._versions.clear()
+            self._names.clear()
 
 
 def _is_s3(fs: AbstractFileSystem) -> bool:
