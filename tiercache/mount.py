@@ -6,9 +6,14 @@ from a :class:`~tiercache.fs.TierCacheFileSystem`:
 
 - metadata comes from the origin's listings (sizes, mtimes), cached as long as the config's
   ``[validation]`` allows, so ``ls -lR`` costs one origin listing per directory;
-- ``open`` locates the object in a tier (fetching it on a miss) and keeps a seekable
-  :class:`~tiercache.fs.TierCacheFile` per handle; ``read`` copies the asked range from the
-  tier straight into the kernel's buffer, so a range never loads the whole object;
+- ``read`` copies the asked range from a tier (fetching the object on a miss) straight into
+  the kernel's buffer, so a range never loads the whole object;
+- with the kernel's page cache kept (the default), ``open`` never reaches this process: the
+  first one answers ``ENOSYS`` and the kernel stops asking (a "zero-message open"), so
+  re-reading a cached file costs no trip through FUSE at all. Reads then arrive by path and
+  are served from a few files kept open per path; the kernel drops a file's page cache when
+  the size or mtime it is given for it changes. With ``--no-kernel-cache`` each ``open``
+  locates the object and keeps a :class:`~tiercache.fs.TierCacheFile` per handle;
 - everything that would change the tree fails with ``EROFS``; a missing path is ``ENOENT``;
   an origin that cannot be reached, with nothing cached, is ``EIO``; each distinct failure is
   logged once, with the path.
@@ -28,6 +33,7 @@ import posixpath
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,14 +46,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tiercache.mount")
 
-#: Block size reported to ``stat``: ``cat``/``cp`` size their buffers from it, and bigger
-#: reads mean fewer round trips through the kernel and Python.
-BLOCK_SIZE = 1024 * 1024
+#: Block size reported to ``stat``. ``cat``/``cp`` size their buffers from it and allocate a
+#: fresh buffer per file: at 1 MiB that is 256 page faults and 1 MiB zeroed per file, which
+#: cost ``cat`` a third of its speed on page-cache hits. The daemon's request size does not
+#: follow it (buffered reads arrive as readahead: ``MAX_READ`` pieces), so the smallest
+#: buffer ``cat`` uses anyway (128 KiB) is the best answer.
+BLOCK_SIZE = 128 * 1024
 #: libfuse3's ceiling for one request (256 pages); the kernel splits larger reads.
 MAX_READ = 1024 * 1024
 #: Kernel readahead for the mount: the kernel default (128 KiB) makes every sequential read a
 #: stream of small requests, each a trip through Python.
 DEFAULT_READAHEAD = 4 * 1024 * 1024
+
+#: Files kept open for reads that arrive by path (zero-message open): enough for every
+#: libfuse thread to be reading a different file, and a bound on the blobs held open.
+PATH_HANDLES = 64
+
+#: libfuse3's capability bits (fuse_common.h): the kernel drops a file's page cache when a
+#: lookup or getattr reports a new size or mtime, unless the filesystem asked to do that
+#: explicitly itself.
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+FUSE_CAP_EXPLICIT_INVAL_DATA = 1 << 25
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -120,19 +139,37 @@ class _Listing:
 
 
 class _Handle:
-    """One open file: its TierCacheFile and a lock, as the file's position is shared state."""
+    """One open file: its TierCacheFile and a lock, as the file's position is shared state.
 
-    __slots__ = ("file", "lock", "path")
+    A handle opened for reads by path also remembers when, and the size and mtime the
+    listing gave for the path then (``stamp``), so it is reused only while both hold.
+    """
 
-    def __init__(self, path: str, file: TierCacheFile) -> None:
+    __slots__ = ("closed", "file", "lock", "opened", "path", "stamp")
+
+    def __init__(
+        self, path: str, file: TierCacheFile, stamp: tuple[int, int] = (0, 0), opened: float = 0.0
+    ) -> None:
         self.path = path
         self.file = file
         self.lock = threading.Lock()
+        self.stamp = stamp
+        self.opened = opened
+        self.closed = False
 
-    def read_into(self, view: memoryview, offset: int) -> int:
+    def read_into(self, view: memoryview, offset: int) -> int | None:
+        """Bytes copied; ``None`` if another thread closed the handle first."""
         with self.lock:
+            if self.closed:
+                return None
             self.file.seek(offset)
             return self.file.readinto(view)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.file.close()
 
 
 class TierCacheOperations:
@@ -152,6 +189,7 @@ class TierCacheOperations:
         *,
         readahead: int = DEFAULT_READAHEAD,
         mountpoint: str | None = None,
+        zero_message_open: bool = False,
     ) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
@@ -159,6 +197,9 @@ class TierCacheOperations:
         self.mountpoint = mountpoint
         validation = fs.config.validation
         self.ttl = listing_ttl(validation.mode, validation.ttl_seconds)
+        # Without an open per file, reads by path reuse a file opened up to ttl ago; with
+        # ttl 0 every open must reach fs.open (and its validation), so opens stay.
+        self.zero_message_open = zero_message_open and self.ttl > 0
         self.mounted_at = time.time()
         self.initialized = False  # set when the kernel has accepted the mount
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -166,6 +207,8 @@ class TierCacheOperations:
         self._listing_lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)
+        self._by_path: OrderedDict[str, _Handle] = OrderedDict()
+        self._by_path_lock = threading.Lock()
         self._reported: set[tuple[str, str, int]] = set()
         self._report_lock = threading.Lock()
 
@@ -282,6 +325,12 @@ class TierCacheOperations:
     def open(self, path: str, flags: int) -> int:
         if flags & _WRITE_FLAGS:
             raise self._fail("open", path, OSError(errno.EROFS, "read-only mount"))
+        if self.zero_message_open:
+            # The kernel takes ENOSYS from open as "opens need no daemon" and from then on
+            # neither sends open nor release, and keeps each file's page cache until the
+            # attributes we report for it change. The file was found by lookup already.
+            log.debug("open %s: ENOSYS, the kernel opens files without asking from now on", path)
+            raise fuse_error(errno.ENOSYS)
         try:
             file = self.fs.open(self.origin_path(path), "rb")
         except Exception as exc:
@@ -292,13 +341,64 @@ class TierCacheOperations:
 
     def read_into(self, path: str | None, fh: int, view: memoryview, offset: int) -> int:
         """Fill ``view`` (the kernel's reply buffer) from ``offset``; bytes copied."""
+        if not fh and path is not None and self.zero_message_open:
+            return self._read_by_path(path, view, offset)
         handle = self._handles.get(fh)
         if handle is None:
             raise fuse_error(errno.EBADF)
         try:
-            return handle.read_into(view, offset)
+            n = handle.read_into(view, offset)
         except Exception as exc:
             raise self._fail("read", handle.path, exc) from None
+        if n is None:
+            raise fuse_error(errno.EBADF)
+        return n
+
+    def _read_by_path(self, path: str, view: memoryview, offset: int) -> int:
+        """A read without a handle: from the file opened for ``path`` while it is still valid."""
+        for _ in range(3):  # a handle another thread closed under us: take a fresh one
+            handle = self._path_handle(path)
+            try:
+                n = handle.read_into(view, offset)
+            except Exception as exc:
+                raise self._fail("read", path, exc) from None
+            if n is not None:
+                return n
+        raise self._fail("read", path, OSError(errno.EIO, "file kept closing under the read"))
+
+    def _path_handle(self, path: str) -> _Handle:
+        """The file open for ``path``: reused while opened within the validation TTL and the
+        listing still gives the size and mtime it had then, opened (and located) otherwise.
+
+        One open per file and TTL, as an ``open`` per file would do: each open counts as an
+        access for eviction and promotion, so opening per request would overcount.
+        """
+        attrs = self.getattr(path)  # the cached listing; raises ENOENT/EIO as lookup does
+        stamp = (int(attrs.get("st_size", 0)), int(attrs.get("st_mtime", 0)))
+        now = time.monotonic()
+        with self._by_path_lock:
+            handle = self._by_path.get(path)
+            if (
+                handle is not None
+                and not handle.closed
+                and handle.stamp == stamp
+                and now - handle.opened <= self.ttl
+            ):
+                self._by_path.move_to_end(path)
+                return handle
+        try:
+            file = self.fs.open(self.origin_path(path), "rb")
+        except Exception as exc:
+            raise self._fail("read", path, exc) from None
+        fresh = _Handle(path, file, stamp, now)
+        with self._by_path_lock:
+            stale = [self._by_path.pop(path)] if path in self._by_path else []
+            self._by_path[path] = fresh
+            while len(self._by_path) > PATH_HANDLES:
+                stale.append(self._by_path.popitem(last=False)[1])
+        for old in stale:
+            old.close()
+        return fresh
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         """The plain-bytes form; :class:`_FUSE` calls :meth:`read_into` instead."""
@@ -309,7 +409,7 @@ class TierCacheOperations:
     def release(self, path: str | None, fh: int) -> int:
         handle = self._handles.pop(fh, None)
         if handle is not None:
-            handle.file.close()
+            handle.close()
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -332,6 +432,16 @@ class TierCacheOperations:
             # libfuse3 refuses to start unless init asks for the max_read the mount option did.
             conn.max_read = MAX_READ
             conn.max_readahead = max(self.readahead, 128 * 1024)
+            if self.zero_message_open:
+                # Without opens, the kernel's own check of size and mtime is what drops a
+                # changed file's page cache; without it, keep opens (and libfuse's check).
+                if conn.capable & FUSE_CAP_AUTO_INVAL_DATA:
+                    conn.want = (conn.want | FUSE_CAP_AUTO_INVAL_DATA) & ~(
+                        FUSE_CAP_EXPLICIT_INVAL_DATA
+                    )
+                else:
+                    self.zero_message_open = False
+                    log.info("the kernel cannot check cached pages itself; every open is served")
         if self.readahead and self.mountpoint:
             threading.Thread(
                 target=self._tune_readahead, name="tiercache-mount-readahead", daemon=True
@@ -361,6 +471,10 @@ class TierCacheOperations:
     def destroy(self, path: str) -> None:
         for fh in list(self._handles):
             self.release(None, fh)
+        with self._by_path_lock:
+            by_path, self._by_path = list(self._by_path.values()), OrderedDict()
+        for handle in by_path:
+            handle.close()
 
     # -- everything that writes: a read-only mount ----------------------------------------------
     # The mount is also made with ``ro``, so the kernel refuses most of these itself; the
@@ -373,8 +487,10 @@ class TierCacheOperations:
     setxattr = removexattr = fallocate = _read_only
 
     def handles(self) -> Iterator[_Handle]:
-        """Open handles (for tests and diagnostics)."""
-        return iter(list(self._handles.values()))
+        """Open handles, per open and per path (for tests and diagnostics)."""
+        with self._by_path_lock:
+            by_path = list(self._by_path.values())
+        return iter(list(self._handles.values()) + by_path)
 
 
 def _fuse_class() -> type:
@@ -413,7 +529,8 @@ def run_mount(
     """Mount ``root`` of ``fs`` at ``mountpoint`` and serve until unmounted or signalled.
 
     ``kernel_cache`` lets the page cache keep unchanged files between opens (fast epochs
-    after the first; memory the kernel reclaims under pressure, on top of the RAM tier).
+    after the first; memory the kernel reclaims under pressure, on top of the RAM tier), and
+    lets the kernel open files without a request to this process (zero-message open).
 
     Always in the foreground of this process: libfuse's own daemonizing forks after the
     filesystem's threads (s3fs's event loop, the engine) exist, and a fork keeps none of
@@ -423,7 +540,11 @@ def run_mount(
     ttl = listing_ttl(validation.mode, validation.ttl_seconds)
     kernel_ttl = 0.0 if ttl == 0 else min(ttl, 3600.0)
     operations = TierCacheOperations(
-        fs, root, readahead=readahead, mountpoint=os.path.abspath(mountpoint)
+        fs,
+        root,
+        readahead=readahead,
+        mountpoint=os.path.abspath(mountpoint),
+        zero_message_open=kernel_cache,
     )
     options: dict[str, Any] = {
         "ro": True,
@@ -441,9 +562,9 @@ def run_mount(
     if allow_other:
         options["allow_other"] = True
     if kernel_cache:
-        # libfuse keeps the kernel's page cache of a file across opens while its size and
-        # mtime (the origin's) stay the same, and drops it when they change: re-reading an
-        # unchanged file then costs no trip through FUSE at all.
+        # The page cache of a file is kept across opens while its size and mtime (the
+        # origin's) stay the same, and dropped when they change: by the kernel itself once
+        # opens no longer reach us (see ``open``), by libfuse at each open otherwise.
         options["auto_cache"] = True
 
     fuse = _fuse_class()

@@ -357,6 +357,32 @@ def test_listings_follow_the_validation_ttl(
     assert os.listdir(long.path) == ["one.bin"]  # still the cached listing
 
 
+def test_a_changed_object_is_read_anew_after_the_ttl(
+    start_mount: Callable[..., Mount], cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """Opens do not reach the daemon and the page cache is kept across them; an object
+    rewritten at the origin (same size and a new mtime, or a new size) is read anew once
+    the kernel's attributes, the listing and the tier's validation (1 s each) have expired."""
+    before = {"c/same.bin": b"a" * 300_000, "c/grow.bin": b"b" * 1000}
+    put_objects(s3_server, bucket, before)
+    mounted = start_mount(f"s3://{bucket}/c", make_config(cache_dirs, validation={
+        "mode": "ttl", "ttl_seconds": 1}))  # fmt: skip
+    for _ in range(2):  # the second pass comes from the kernel's page cache
+        for key, data in before.items():
+            assert (mounted.path / _rel_c(key)).read_bytes() == data
+    time.sleep(1.1)  # S3 mtimes have one-second resolution: the rewrite gets a later one
+    after = {"c/same.bin": b"A" * 300_000, "c/grow.bin": b"B" * 3000}
+    put_objects(s3_server, bucket, after)
+    time.sleep(3.5)
+    for key, data in after.items():
+        assert (mounted.path / _rel_c(key)).read_bytes() == data, key
+        assert os.stat(mounted.path / _rel_c(key)).st_size == len(data)
+
+
+def _rel_c(key: str) -> str:
+    return key.removeprefix("c/")
+
+
 def test_a_stale_mount_is_reported_and_cleared_by_unmount(
     mounted: Mount, dataset: str, config: dict[str, Any], tmp_path: Path, s3_server: S3
 ) -> None:
