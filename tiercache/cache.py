@@ -176,7 +176,13 @@ class Cache:
             return True
         ttl = self.config.validation.ttl_seconds
         now = time.monotonic()
-        if mode == "ttl" and now - self._validated.get(key, -1e18) < ttl:
+        if mode == "ttl" and (
+            now - self._validated.get(key, -1e18) < ttl
+            # Fetched by any process less than ttl ago: the fetch itself validated it. This
+            # keeps DataLoader workers from each listing the origin (and building an S3
+            # client, a second of CPU) for shards the engine prefetched for them.
+            or 0 <= time.time() - entry.fetched_at < ttl
+        ):
             return True
         try:
             if mode == "always":

@@ -42,7 +42,7 @@ from .index import Entry, Index, IndexWriter, blob_id_for
 from .origin import Origin
 from .prefetch import Prefetcher
 from .tiers.store import BlobMeta, CorruptBlobError, Staged, TierStore
-from .unstored import Unstored
+from .unstored import Held, Unstored
 
 log = logging.getLogger("tiercache.engine")
 
@@ -186,19 +186,19 @@ class Engine:
             # Fetched moments ago (by a prefetch, or for another reader) but no tier took it:
             # serve it again rather than read the origin again. A reader's access may still
             # earn it a place now.
-            data, version = held
             if prefetch:
-                return FetchResult(None, data)
+                return FetchResult(None, held.data)
         else:
-            data, version = origin.fetch(path)
-        entry = self.admit(key, data, version, prefetch=prefetch)
+            started = time.time()  # the version was current at some instant after this
+            held = Held(*origin.fetch(path), started)
+        entry = self.admit(key, held, prefetch=prefetch)
         if entry is None:
-            self._unstored.put(key, data, version)
+            self._unstored.put(key, held)
         else:
             self._unstored.drop(key)
-        return FetchResult(entry, data)
+        return FetchResult(entry, held.data)
 
-    def admit(self, key: str, data: bytes, version: str, *, prefetch: bool = False) -> Entry | None:
+    def admit(self, key: str, held: Held, *, prefetch: bool = False) -> Entry | None:
         """Store fetched bytes by policy; returns the entry, or None if no tier took it.
 
         A demand miss is an access: every tier's policy records it, so clairvoyant policies
@@ -207,6 +207,7 @@ class Engine:
         its first queue, not frequent enough) passes it on to the next slower tier.
         """
         blob_id = blob_id_for(key)
+        data = held.data
         with self._lock:
             self._drop(blob_id)  # a stale copy in any tier goes first
             if not prefetch:
@@ -235,7 +236,7 @@ class Engine:
                 self._staging[tier] -= len(stored)
                 entry = None
                 if staged is not None:
-                    entry = self._place(tier, key, blob_id, len(data), staged, version)
+                    entry = self._place(tier, key, staged, held)
                 else:
                     self.counters.add("bypass_full", tier=tier)
             if entry is not None:
@@ -250,10 +251,8 @@ class Engine:
         self,
         tier: int,
         key: str,
-        blob_id: str,
-        logical_size: int,
         staged: Staged,
-        version: str,
+        held: Held,
     ) -> Entry | None:
         """Publish a staged blob into ``tier``, evicting (demoting) what must make room.
 
@@ -261,7 +260,7 @@ class Engine:
         caller discards the staged bytes and tries the next tier.
         """
         store, policy = self.stores[tier], self.policies[tier]
-        size = staged.meta.stored_size
+        blob_id, size = staged.blob_id, staged.meta.stored_size
         if not self._fit_to_disk(tier, size, written=0 if staged.tmp is None else size):
             self.counters.add("bypass_full", tier=tier)
             return None
@@ -279,7 +278,10 @@ class Engine:
                 log.warning("tier %s is out of disk space; skipping it", store.config.name)
                 return None
             raise
-        entry = Entry(key, tier, logical_size, meta, version, time.time(), 0, blob_id)
+        entry = Entry(
+            key, tier, len(held.data), meta, held.version, time.time(), 0, blob_id,
+            held.fetched_at,
+        )  # fmt: skip
         try:
             with self.index.write() as w:
                 w.put(entry)
@@ -362,8 +364,9 @@ class Engine:
             self.counters.add("bypass_full", tier=tier)
             return None
         moved = Entry(
-            entry.key, tier, entry.size, meta, entry.version, entry.last_access, 0, entry.blob_id
-        )
+            entry.key, tier, entry.size, meta, entry.version, entry.last_access, 0, entry.blob_id,
+            entry.fetched_at,
+        )  # fmt: skip
         w.put(moved)
         self._pending.extend(self._evict(w, tier, victims))
         return moved

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,10 +24,15 @@ from .forksafe import transaction
 from .security import ensure_private_dir
 from .tiers.store import BlobMeta
 
+log = logging.getLogger(__name__)
+
 _ABANDONED: list[object] = []
 
-#: tier, flags, size, stored size, crc32, inode, mtime_ns, last access, hits, key length
-_HEAD = struct.Struct("<BBQQIQqdIH")
+#: tier, flags, size, stored size, crc32, inode, mtime_ns, last access, fetched at, hits,
+#: key length
+_HEAD = struct.Struct("<BBQQIQqddIH")
+#: Bumped whenever the packed entry changes; an index in another format is started afresh.
+FORMAT = b"2"
 _COMPRESSED, _SMALL = 1, 2
 
 
@@ -47,6 +53,9 @@ class Entry:
     last_access: float = 0.0
     hits: int = 0
     blob_id: str = field(default="", compare=False)
+    #: Wall-clock time the bytes were read from the origin: ``version`` was current then,
+    #: which is as good as a validation at that moment, for every process on the node.
+    fetched_at: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.blob_id:
@@ -64,6 +73,7 @@ class Entry:
             self.blob.ino,
             self.blob.mtime_ns,
             self.last_access,
+            self.fetched_at,
             min(self.hits, 2**32 - 1),
             len(key),
         )
@@ -71,11 +81,13 @@ class Entry:
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview, blob_id: str = "") -> Entry:
-        tier, flags, size, stored, crc, ino, mtime_ns, last, hits, klen = _HEAD.unpack_from(raw)
+        tier, flags, size, stored, crc, ino, mtime_ns, last, fetched, hits, klen = (
+            _HEAD.unpack_from(raw)
+        )
         body = bytes(raw[_HEAD.size :])
         key = body[:klen].decode("utf-8", "surrogatepass")
         meta = BlobMeta(stored, crc, bool(flags & _COMPRESSED), bool(flags & _SMALL), ino, mtime_ns)
-        return cls(key, tier, size, meta, body[klen:].decode(), last, hits, blob_id)
+        return cls(key, tier, size, meta, body[klen:].decode(), last, hits, blob_id, fetched)
 
 
 class Index:
@@ -97,6 +109,32 @@ class Index:
         )
         self.entries = self.env.open_db(b"entries")
         self.meta = self.env.open_db(b"meta")
+        self._check_format()
+
+    def _check_format(self) -> None:
+        """Start afresh from an index another version of tiercache wrote in another layout.
+
+        Its entries cannot be read, so they are dropped; the engine's start-up reconcile then
+        sweeps their blobs as orphans. Data is only ever lost from the cache, never served
+        wrong.
+        """
+        with transaction(), self.env.begin(db=self.meta) as txn:
+            if txn.get(b"format") == FORMAT:
+                return
+        with transaction(), self.env.begin(write=True) as txn:
+            found = txn.get(b"format", db=self.meta)
+            if found == FORMAT:
+                return  # another process got here first
+            stale = txn.stat(self.entries)["entries"]
+            if stale:
+                log.warning(
+                    "%s: index format %s, this tiercache writes %s; starting with an empty "
+                    "index (%d entries dropped, their blobs are swept)",
+                    self.path, (found or b"1").decode(), FORMAT.decode(), stale,
+                )  # fmt: skip
+                txn.drop(self.entries, delete=False)
+                txn.delete(b"totals", db=self.meta)
+            txn.put(b"format", FORMAT, db=self.meta)
 
     def get(self, key: str) -> Entry | None:
         blob_id = blob_id_for(key)

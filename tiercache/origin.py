@@ -6,6 +6,7 @@ retries, time limits, error counting and version extraction are done once, here.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import hashlib
@@ -16,6 +17,7 @@ import posixpath
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -353,8 +355,8 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, in
 
     s3fs's ``cat_file`` would HEAD first and cannot tell us which version it read; the
     response headers of the GET itself are the only atomic answer. The body is checked
-    against the ETag where that is the body's MD5 (see :func:`_check_md5`), so bytes
-    damaged on the way are retried, never cached. ``timeout`` bounds the whole request.
+    against its CRC32 or MD5 (see :func:`_check_body`), so bytes damaged on the way are
+    retried, never cached. ``timeout`` bounds the whole request.
     """
     from fsspec.asyn import sync
 
@@ -364,7 +366,10 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, in
 
     async def get() -> tuple[bytes, dict[str, Any]]:
         extra = {"VersionId": version_id} if version_id else {}
-        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **extra)
+        # ChecksumMode: S3 sends the object's stored checksum only when asked.
+        resp = await fs._call_s3(
+            "get_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra
+        )
         try:
             body = await resp["Body"].read()
         finally:
@@ -375,18 +380,30 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, in
     body, resp = sync(fs.loop, get, timeout=timeout)
     size = resp.get("ContentLength")
     etag = str(resp.get("ETag", "")).strip(chr(34))
-    _check_md5(f"s3://{path}", body, etag, resp)
+    _check_body(f"s3://{path}", body, etag, resp)
     return body, size, f"{size}:{etag}"
 
 
-def _check_md5(url: str, body: bytes, etag: str, resp: dict[str, Any]) -> None:
-    """Raise if ``body`` is not the object the ETag describes.
+def _check_body(url: str, body: bytes, etag: str, resp: dict[str, Any]) -> None:
+    """Raise if ``body`` is not the object the response describes.
 
-    S3's ETag is the MD5 of the body for single-part uploads without SSE-KMS or SSE-C:
-    exactly 32 hex digits. Multipart ETags carry a ``-<parts>`` suffix, and KMS or
-    customer-key encryption makes the ETag something else; those are not checked here
-    (botocore checks the ``x-amz-checksum-*`` headers where the object has them).
+    Where S3 keeps a whole-object CRC32 (``x-amz-checksum-crc32``: objects uploaded with one,
+    which current SDKs send by default), that is checked: crc32 runs at about 6 GB/s, MD5 at
+    under 1 GB/s, and on a busy node the difference is CPU the readers need. Otherwise the
+    ETag is checked where it is the body's MD5: exactly 32 hex digits, which multipart ETags
+    (a ``-<parts>`` suffix) and SSE-KMS or SSE-C objects are not; those are left to
+    botocore's own ``x-amz-checksum-*`` validation and the length check.
     """
+    crc = str(resp.get("ChecksumCRC32") or "")
+    if crc and "-" not in crc and resp.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+        expected = int.from_bytes(base64.b64decode(crc), "big")
+        actual = zlib.crc32(body)
+        if actual != expected:
+            raise OriginIntegrityError(
+                f"{url}: body of {len(body)} bytes has CRC32 {actual:08x}, the origin's "
+                f"x-amz-checksum-crc32 says {expected:08x}"
+            )
+        return
     if len(etag) != 32 or any(c not in "0123456789abcdef" for c in etag.lower()):
         return
     if str(resp.get("ServerSideEncryption", "")).startswith("aws:kms"):

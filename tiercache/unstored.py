@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
+
+
+class Held(NamedTuple):
+    """Bytes read from the origin, the version they are, and when (wall clock) they were read."""
+
+    data: bytes
+    version: str
+    fetched_at: float
 
 
 class Unstored:
@@ -17,27 +26,27 @@ class Unstored:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self._items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._items: OrderedDict[str, Held] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
+    def get(self, key: str) -> Held | None:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: str, data: bytes, version: str) -> None:
-        if len(data) > self.budget:
+    def put(self, key: str, held: Held) -> None:
+        if len(held.data) > self.budget:
             return
         with self._lock:
             self._pop(key)
-            self._items[key] = (data, version)
-            self._bytes += len(data)
+            self._items[key] = held
+            self._bytes += len(held.data)
             while self._bytes > self.budget:
                 self._pop(next(iter(self._items)))
 
@@ -48,4 +57,4 @@ class Unstored:
     def _pop(self, key: str) -> None:
         item = self._items.pop(key, None)
         if item is not None:
-            self._bytes -= len(item[0])
+            self._bytes -= len(item.data)

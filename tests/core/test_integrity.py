@@ -4,6 +4,7 @@ origin still serves what is cached."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,29 +95,27 @@ def test_ttl_validation_lists_once_per_prefix(
 ) -> None:
     objs = {f"d/{i}": os.urandom(100) for i in range(20)}
     put_objects(s3_server, bucket, objs)
-    warm = fs_for(cache_dirs, s3_server, validation={"mode": "ttl", "ttl_seconds": 3600})
+    ttl = 2.0
+    warm = fs_for(cache_dirs, s3_server, validation={"mode": "ttl", "ttl_seconds": ttl})
     warm.cat(f"{bucket}/d/*")
-    # A fresh process-level view (new Origin, nothing validated yet) re-checks by listing.
-    warm.cache._validated.clear()
-    warm.origin.forget_listings()
-    s3_server.start_counting()
-    for key, body in objs.items():
-        assert warm.cat_file(f"{bucket}/{key}") == body
-    reqs = s3_server.requests()
-    assert (
-        len(
-            [
-                r
-                for r in reqs
-                if r["method"] == "GET"
-                and "list-type" in r.get("url", "")
-                or r["method"] == "GET"
-                and "prefix=" in r.get("url", "")
-            ]
-        )
-        == 1
-    )
-    assert not [r for r in reqs if r["method"] == "HEAD"]
+
+    def forget_and_read_all() -> list[dict[str, Any]]:
+        # A fresh process-level view: nothing validated in this process, no listings.
+        warm.cache._validated.clear()
+        warm.origin.forget_listings()
+        s3_server.start_counting()
+        for key, body in objs.items():
+            assert warm.cat_file(f"{bucket}/{key}") == body
+        return s3_server.requests()
+
+    # Within the TTL of their fetch, entries need no check from any process.
+    assert forget_and_read_all() == []
+    # Past it, one listing of the prefix validates them all; no HEAD per object.
+    time.sleep(ttl + 0.1)
+    reqs = forget_and_read_all()
+    listings = [r for r in reqs if "list-type" in r["url"] or "prefix=" in r["url"]]
+    assert len(listings) == 1
+    assert [r for r in reqs if r not in listings] == []
 
 
 def test_dead_origin_still_serves_what_is_cached(cache_dirs: dict[str, Path]) -> None:
@@ -151,3 +150,33 @@ def test_dead_origin_still_serves_what_is_cached(cache_dirs: dict[str, Path]) ->
 
     with pytest.raises(OriginError, match="doomed/other.bin"):
         fs.cat_file("doomed/other.bin")  # not cached: a clear error naming the object
+
+
+def test_index_of_an_older_layout_starts_afresh(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index an earlier tiercache wrote (no format marker) is dropped, not misread."""
+    from tiercache.cache import close_all
+
+    objs = {f"old/{i}": os.urandom(MiB) for i in range(3)}
+    put_objects(s3_server, bucket, objs)
+    fs = fs_for(cache_dirs, s3_server)
+    fs.cat(f"{bucket}/old/*")
+    old = fs.cache
+    with old.index.env.begin(write=True) as txn:
+        assert txn.delete(b"format", db=old.index.meta)
+    close_all()
+    for handle in (old.index, *old.stores):  # as if in a new process: reopen from the files
+        handle.close()
+    TierCacheFileSystem.clear_instance_cache()
+
+    fs = fs_for(cache_dirs, s3_server)
+    s3_server.start_counting()
+    for key, body in objs.items():
+        assert fs.cat_file(f"{bucket}/{key}") == body
+    assert "starting with an empty index (3 entries dropped" in caplog.text
+    assert len(s3_server.requests("GET")) == 3  # refetched: nothing read from the old index
+    assert fs.stats()["tiers"]["ram"]["entries"] == 3
+    # The old blobs were swept as orphans: the files on disk are the new entries only.
+    blobs = [p for p in (cache_dirs["ram"] / "blobs").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in blobs) == fs.stats()["tiers"]["ram"]["used_bytes"]

@@ -128,6 +128,22 @@ def test_altered_body_is_caught_by_the_etag_check(
         fs.cat_file(f"{bucket}/m.bin")
 
 
+def test_altered_body_is_caught_by_the_stored_crc32(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, proxy: FaultProxy
+) -> None:
+    """An object stored with a CRC32 (what current SDKs upload) is checked against it (the
+    GET asks for the stored checksum, so this holds with botocore's validation turned off
+    in its config too), and the error names the checksum."""
+    body = os.urandom(300_000)
+    put_objects(s3_server, bucket, {"c.bin": body})  # s3fs uploads with x-amz-checksum-crc32
+    proxy.add(Fault("alter", times=1, path="/c.bin"))
+    fs = faulty_cache(cache_dirs, proxy, retries=0, botocore_checks=False)
+    with pytest.raises(OriginError, match=r"(?i)checksum"):
+        fs.cat_file(f"{bucket}/c.bin")
+    assert fs.cache.index.get(f"s3://{bucket}/c.bin") is None
+    assert fs.cat_file(f"{bucket}/c.bin") == body  # the fault is spent: the next read is good
+
+
 PERMANENT = {
     "500": Fault("status", status=500, code="InternalError", times=None),
     "503-slowdown": Fault("status", status=503, code="SlowDown", times=None),
