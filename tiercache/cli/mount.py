@@ -56,8 +56,9 @@ def register(subparsers: Any) -> None:
         "--no-kernel-cache",
         dest="kernel_cache",
         action="store_false",
-        help="drop the kernel's page cache of a file at every open (every read then goes "
-        "through the tiers; saves memory the RAM tier already spends)",
+        help="drop the kernel's page cache of a file at every open and serve every open "
+        "(every read then goes through the tiers, each open is validated as [validation] "
+        "says; saves memory the RAM tier already spends)",
     )
     p.add_argument(
         "--readahead",
