@@ -50,7 +50,7 @@ from tiercache.cache import close_all  # noqa: E402
 from tiercache.cli.demo import demo_config  # noqa: E402
 from tiercache.demo.data import token_chunks  # noqa: E402
 from tiercache.demo.model import Trainer  # noqa: E402
-from tiercache.demo.run import run_epochs  # noqa: E402
+from tiercache.demo.run import EpochStart, run_epochs  # noqa: E402
 from tiercache.demo.server import S3Server, start_s3_server  # noqa: E402
 from tiercache.sizes import parse_size  # noqa: E402
 from tiercache.torch import ShardShuffleSampler, TokenDataset, write_tokens  # noqa: E402
@@ -100,13 +100,18 @@ class Recorder:
 
 
 def measure(
-    loader: Any,
+    make_loader: Callable[[], Any],
     args: argparse.Namespace,
     recorder: Recorder,
     stats: Callable[[], dict[str, Any]] | None,
     name: str,
 ) -> list[dict[str, Any]]:
-    """Three epochs; origin bytes of each from the recorder."""
+    """Three epochs; origin bytes of each from the recorder.
+
+    Epoch 1 starts (clock, origin meter, cache counters) before the loader is made, for
+    every configuration alike: a hinting sampler starts fetching when it is made, and the
+    peers list or download their indexes then.
+    """
     trainer = Trainer() if args.step == "model" else None
 
     def step(batch: Any) -> float:
@@ -115,11 +120,16 @@ def measure(
         return float(batch[:, 0].sum())  # touch the data, nothing more
 
     rows = []
+    recorder.start()
+    start = EpochStart.now(stats)
+    loader = make_loader()
     for epoch in range(1, args.epochs + 1):
-        recorder.start()
+        if epoch > 1:
+            recorder.start()
         (row,) = run_epochs(loader, 1, sample_bytes=args.seq_len * args.itemsize, step=step,
                             stats=stats, progress=not args.no_progress, desc=name,
-                            max_seconds=args.max_epoch_seconds)  # fmt: skip
+                            max_seconds=args.max_epoch_seconds,
+                            start=start if epoch == 1 else None)  # fmt: skip
         counted = recorder.stop()
         row["epoch"] = epoch
         row["s3_gets"] = counted["gets"]
@@ -165,7 +175,7 @@ def run_config(name: str, args: argparse.Namespace, env: dict[str, Any]) -> list
     tok = {"seq_len": args.seq_len, "dtype": args.dtype}
     if name == "local":
         ds = TokenDataset(str(env["local"]), cache=False, **tok)
-        return measure(loader_for(ds, args, hint=False), args, rec, None, name)
+        return measure(lambda: loader_for(ds, args, hint=False), args, rec, None, name)
     if name == "s3fs":
         # No cache beyond an open file: each worker downloads a shard whole when it opens it
         # (cache_type "all") and forgets it when the handle closes. Per-sample ranged GETs
@@ -173,13 +183,13 @@ def run_config(name: str, args: argparse.Namespace, env: dict[str, Any]) -> list
         # re-reads whole blocks on every backward seek, 20x the data on a shuffled order.
         ds = TokenDataset(url, storage_options=opts, cache=False, **tok)
         ds.source.open_options = {"cache_type": "all"}
-        return measure(loader_for(ds, args, hint=False), args, rec, None, name)
+        return measure(lambda: loader_for(ds, args, hint=False), args, rec, None, name)
     if name == "simplecache":
         cache_dir = env["root"] / f"simplecache-{uuid.uuid4().hex[:6]}"
         ds = TokenDataset(f"simplecache::{url}", cache=False, storage_options={
             "s3": opts, "simplecache": {"cache_storage": str(cache_dir)}}, **tok)  # fmt: skip
         try:
-            return measure(loader_for(ds, args, hint=False), args, rec, None, name)
+            return measure(lambda: loader_for(ds, args, hint=False), args, rec, None, name)
         finally:
             shutil.rmtree(cache_dir, ignore_errors=True)
     if name.startswith("tiercache"):
@@ -189,22 +199,22 @@ def run_config(name: str, args: argparse.Namespace, env: dict[str, Any]) -> list
             ds = TokenDataset(url, storage_options=opts, cache=config, **tok)
             assert ds.source.fs.cache.engine is not None  # the engine lives in this process
             hint = name not in ("tiercache-noprefetch", "tiercache-half-nohint")
-            loader = loader_for(ds, args, hint=hint)
-            rows = measure(loader, args, rec, ds.stats, name)
-            del loader
-            return rows
+            return measure(lambda: loader_for(ds, args, hint=hint), args, rec, ds.stats, name)
     if name.startswith("mosaic"):
         import peers
 
         local = env["root"] / f"mosaic-{uuid.uuid4().hex[:6]}"
         limit = size // 2 if name == "mosaic-half" else None
         os.environ["S3_ENDPOINT_URL"] = env["endpoint"]
-        try:
+
+        def mosaic_loader() -> DataLoader[Any]:
             ds = peers.MosaicTokens(f"s3://{BUCKET}/mds", local, args.batch_size, limit)
-            loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
-                                persistent_workers=args.workers > 0,
-                                multiprocessing_context="fork")  # fmt: skip
-            return measure(loader, args, rec, None, name)
+            return DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
+                              persistent_workers=args.workers > 0,
+                              multiprocessing_context="fork")  # fmt: skip
+
+        try:
+            return measure(mosaic_loader, args, rec, None, name)
         finally:
             shutil.rmtree(local, ignore_errors=True)
             with contextlib.suppress(Exception):
@@ -215,9 +225,9 @@ def run_config(name: str, args: argparse.Namespace, env: dict[str, Any]) -> list
         cache_dir = env["root"] / f"litdata-{uuid.uuid4().hex[:6]}"
         limit = size // 2 if name == "litdata-half" else 4 * size
         try:
-            loader = peers.litdata_loader(f"s3://{BUCKET}/litdata", cache_dir, args.batch_size,
-                                          args.workers, limit)  # fmt: skip
-            return measure(loader, args, rec, None, name)
+            return measure(lambda: peers.litdata_loader(
+                f"s3://{BUCKET}/litdata", cache_dir, args.batch_size, args.workers, limit),
+                args, rec, None, name)  # fmt: skip
         finally:
             shutil.rmtree(cache_dir, ignore_errors=True)
     raise ValueError(f"unknown configuration {name!r}; known: {', '.join(ALL)}")

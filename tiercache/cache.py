@@ -235,6 +235,9 @@ class Cache:
             due = (
                 len(self._access) >= _ACCESS_BATCH
                 or time.monotonic() - self._access_since > _ACCESS_MAX_AGE
+                # The first read of a fresh entry (often a prefetched one) goes at once: the
+                # prefetcher's budget is freed, and clairvoyant policies step, by reads.
+                or entry.hits == 0
             )
             if not due:
                 return

@@ -19,8 +19,13 @@ log = logging.getLogger("tiercache.prefetch")
 class Prefetcher:
     """Fetches hinted keys ahead of the consumer, within a byte budget.
 
-    The budget counts bytes fetched ahead and not yet read; reading a prefetched key gives
-    its bytes back. Keys already cached are skipped, so only what is missing is fetched.
+    The budget counts bytes fetched ahead and not yet read, and the fetches in flight (at
+    the size of the last object fetched; sizes are not known before the GET); reading a
+    prefetched key gives its bytes back. Keys already cached are skipped, so only what is
+    missing is fetched. Counting fetches in flight matters where no tier takes prefetched
+    objects: the engine then holds them in memory for their readers, in a hold twice the
+    budget, and the other half of that hold is what keeps an object just read for its
+    other readers (the other DataLoader workers reading samples of the same shard).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -30,6 +35,7 @@ class Prefetcher:
         self._ahead: dict[str, int] = {}  # blob id -> bytes, fetched ahead and not yet read
         self._ahead_bytes = 0
         self._running = 0
+        self._typical = 0  # bytes of the last object fetched: the guess for those in flight
         self._generation = 0
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -69,7 +75,7 @@ class Prefetcher:
         while True:
             with self._cond:
                 while not self._stopped and (
-                    not self._queue or self._running >= limit or self._ahead_bytes >= self.budget
+                    not self._queue or self._running >= limit or self._committed() >= self.budget
                 ):
                     self._cond.wait(0.5)
                 if self._stopped:
@@ -85,6 +91,11 @@ class Prefetcher:
                 self._running += 1
             self.engine.submit(self._fetch_one, origin, path, key, generation)
 
+    def _committed(self) -> int:
+        """Bytes ahead of the reader: fetched and unread, plus the fetches in flight."""
+        in_flight = self._typical or self.budget // max(1, self.engine.config.prefetch.concurrency)
+        return self._ahead_bytes + self._running * in_flight
+
     def _fetch_one(self, origin: Origin, path: str, key: str, generation: int) -> None:
         size = 0
         try:
@@ -96,6 +107,8 @@ class Prefetcher:
         finally:
             with self._cond:
                 self._running -= 1
+                if size:
+                    self._typical = size
                 if size and generation == self._generation:
                     self._ahead[blob_id_for(key)] = size
                     self._ahead_bytes += size

@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack, root: Path, shm:
 
     from ..demo.data import write_synthetic
     from ..demo.model import Trainer
-    from ..demo.run import run_epochs, table_header, table_row
+    from ..demo.run import EpochStart, run_epochs, table_header, table_row
     from ..torch import ShardShuffleSampler, TokenDataset
 
     storage_options: dict[str, Any] = {}
@@ -208,6 +208,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack, root: Path, shm:
     if metrics is not None:
         _say(args, f"Prometheus metrics: {metrics.url}")
 
+    start = EpochStart.now(dataset.stats)  # the sampler's hint starts epoch 1's fetching
     sampler = ShardShuffleSampler(dataset, seed=0, window=args.window,
                                   hint=not args.no_prefetch)  # fmt: skip
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
@@ -225,7 +226,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack, root: Path, shm:
     rows = run_epochs(loader, args.epochs, sample_bytes=args.seq_len * itemsize,
                       step=trainer.step, stats=dataset.stats,
                       total_batches=len(loader), progress=progress,
-                      on_epoch=show)  # fmt: skip
+                      on_epoch=show, start=start)  # fmt: skip
     if args.json:
         print(json.dumps({"epochs": rows, "dataset_bytes": dataset_bytes,
                           "tiers": {t.name: t.capacity for t in config.tiers},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..torch.wait import DataWaitMeter
@@ -24,6 +25,11 @@ def _counts(stats: dict[str, Any]) -> dict[str, Any]:
         "requests": stats["requests"],
         "hits": stats["hits"],
         "tiers": {name: t["hits"] for name, t in stats["tiers"].items()},
+        "moves": {
+            f"{name}_{what}": t[what]
+            for name, t in stats["tiers"].items()
+            for what in ("admissions", "demotions", "evictions")
+        },
         "origin_bytes": stats["origin"]["bytes"],
         "data_wait_s": stats["data_wait_seconds"],
         "prefetch_issued": stats["prefetch"]["issued"],
@@ -52,10 +58,28 @@ def epoch_row(epoch: int, samples: int, sample_bytes: int, seconds: float,
         row["origin_bytes"] = after["origin_bytes"] - before["origin_bytes"]
         row["data_wait_s"] = after["data_wait_s"] - before["data_wait_s"]
         row["prefetched"] = after["prefetch_issued"] - before["prefetch_issued"]
+        # Where the bytes went: admissions, demotions and evictions per tier.
+        row["moves"] = {k: v - before["moves"][k] for k, v in after["moves"].items()}
     row["loader_wait_s"] = loader_wait
     if loss is not None:
         row["loss"] = loss
     return row
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    """The clock and the counters when epoch 1 began.
+
+    Take it before making the sampler: a hinting sampler sets the cache fetching as soon
+    as it exists, and that work belongs to epoch 1's time and origin bytes.
+    """
+
+    time: float
+    counts: dict[str, Any]
+
+    @classmethod
+    def now(cls, stats: Callable[[], dict[str, Any]] | None = None) -> EpochStart:
+        return cls(time.perf_counter(), _counts(stats()) if stats else {})
 
 
 def run_epochs(loader: Iterable[Any], epochs: int, *, sample_bytes: int,
@@ -64,23 +88,26 @@ def run_epochs(loader: Iterable[Any], epochs: int, *, sample_bytes: int,
                total_batches: int | None = None, progress: bool = True,
                on_epoch: Callable[[dict[str, Any]], None] | None = None,
                desc: str = "epoch", max_seconds: float | None = None,
+               start: EpochStart | None = None,
                ) -> list[dict[str, Any]]:  # fmt: skip
     """Run ``epochs`` passes over ``loader``, calling ``step(batch)`` per batch.
 
     ``max_seconds`` cuts an epoch short (a configuration that thrashes); its row then says
-    ``"stopped": true`` and its rates cover the part that ran.
+    ``"stopped": true`` and its rates cover the part that ran. ``start``: when the first
+    epoch began, if before this call (see :class:`EpochStart`).
     """
     from tqdm import tqdm
 
     rows = []
     for epoch in range(1, epochs + 1):
-        before = _counts(stats()) if stats else {}
+        begin = start if epoch == 1 and start is not None else EpochStart.now(stats)
+        before = begin.counts
         meter = DataWaitMeter()
         samples = 0
         loss = None
         bar = tqdm(total=total_batches, unit="batch", desc=f"{desc} {epoch}/{epochs}",
                    disable=not progress, leave=False, file=sys.stderr)  # fmt: skip
-        started = time.perf_counter()
+        started = begin.time
         stopped = False
         for batch in meter.wrap(loader):
             first = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -215,22 +215,6 @@ class TierStore:
                 with contextlib.suppress(BufferError):  # a slice still held: GC unmaps it
                     mm.close()
 
-    def open_verified(self, blob_id: str, meta: BlobMeta, *, always: bool = False) -> int:
-        """An open descriptor on a file blob whose bytes match ``meta``.
-
-        The whole blob is re-hashed only when the file's identity (inode, mtime) differs
-        from the one recorded at write time; the caller owns the descriptor, which keeps the
-        bytes readable even if the engine evicts the blob meanwhile.
-        """
-        fd, st = self._open_sized(blob_id, meta)
-        try:
-            if always or self._changed(st, meta):
-                self._check(blob_id, _read_exact(fd, meta.stored_size, 0), meta)
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
-
     def _open_sized(self, blob_id: str, meta: BlobMeta) -> tuple[int, os.stat_result]:
         """Open a file blob; a size other than the recorded one is damage (truncation)."""
         fd = os.open(self.blob_path(blob_id), os.O_RDONLY)
@@ -258,13 +242,22 @@ class TierStore:
             if verify:  # disks rot without touching mtime: hash what this read will copy
                 self._check(blob_id, cached.view, meta)
             return cached.view
-        fd = self.open_verified(blob_id, meta, always=verify)  # raises if missing or damaged
+        fd, st = self._open_sized(blob_id, meta)  # raises if missing or truncated
         try:
-            st = os.fstat(fd)
             mm = mmap.mmap(fd, meta.stored_size, prot=mmap.PROT_READ) if meta.stored_size else None
         finally:
             os.close(fd)
         view = memoryview(mm) if mm is not None else memoryview(b"")
+        if verify or self._changed(st, meta):
+            # Hash the mapped pages themselves: reading the file into a buffer first would
+            # cost a copy into fresh memory, several times the hash, per blob and process.
+            try:
+                self._check(blob_id, view, meta)
+            except CorruptBlobError:
+                view.release()
+                if mm is not None:
+                    mm.close()
+                raise
         self._remember(blob_id, _Mapping(st.st_ino, st.st_mtime_ns, meta.stored_size, mm, view))
         return view
 

@@ -95,6 +95,24 @@ class ShardShuffleSampler(Sampler[int]):
         self._yielded = 0  # samples handed out in the current pass, resumed ones included
         self._finished = False
         self._explicit = False
+        self._hinted: tuple[int, int] | None = None  # (epoch, offset) of the pass hinted
+        self._hint_next_pass()
+
+    def _hint_next_pass(self) -> None:
+        """Hand the cache the next pass's order as soon as it is known, once per pass.
+
+        Called when the sampler is made, on ``set_epoch`` and on ``load_state_dict``, not
+        only when iteration starts: a DataLoader starts its worker processes between
+        ``iter(loader)`` and its first draw from the sampler, and that is time the cache can
+        spend fetching the first shards.
+        """
+        epoch = self.epoch + (1 if self._finished and not self._explicit else 0)
+        if not self.hint or self.dataset is None or self._hinted == (epoch, self._start):
+            return
+        mine = self.order(epoch)[self._start :]
+        if len(mine):
+            self.dataset.hint(mine)
+        self._hinted = (epoch, self._start)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -104,6 +122,7 @@ class ShardShuffleSampler(Sampler[int]):
         self._explicit = True
         self._finished = False
         self._start = 0
+        self._hint_next_pass()
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """This rank's full sample order for ``epoch`` (default: the current one)."""
@@ -118,14 +137,14 @@ class ShardShuffleSampler(Sampler[int]):
         return order[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
+        self._hint_next_pass()
         if self._finished and not self._explicit:
             self.epoch += 1
         self._finished = False
         self._explicit = False
         start, self._start = self._start, 0
         mine = self.order()[start:]
-        if self.hint and self.dataset is not None and len(mine):
-            self.dataset.hint(mine)
+        self._hinted = None  # the next pass, even of the same epoch again, is hinted anew
         self._yielded = start
         for i in mine.tolist():
             self._yielded += 1
@@ -166,6 +185,7 @@ class ShardShuffleSampler(Sampler[int]):
         self._explicit = True
         self._finished = False
         self._yielded = self._start
+        self._hint_next_pass()
 
 
 class HintedSampler(Sampler[int]):
