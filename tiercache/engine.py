@@ -429,8 +429,11 @@ class Engine:
 
     def _drop(self, blob_id: str) -> None:
         """Remove a key from every tier and the index (stale or corrupt copy)."""
-        with self._lock, self.index.write() as w:
-            old = w.delete(blob_id)
+        with self._lock:
+            if self.index.get_by_blob_id(blob_id) is None:
+                return  # the usual case on a miss: no write transaction, no fsync
+            with self.index.write() as w:
+                old = w.delete(blob_id)
         if old is not None:
             self.counters.add("invalidations", tier=old.tier)
             self.policies[old.tier].remove(blob_id)

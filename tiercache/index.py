@@ -197,9 +197,11 @@ class IndexWriter:
             raise
         raw = self.txn.get(b"totals", db=self.index.meta)
         self.totals: dict[str, dict[str, int]] = json.loads(raw) if raw else {}
+        self._totals_changed = False
         return self
 
     def _adjust(self, entry: Entry, sign: int) -> None:
+        self._totals_changed = True
         name = self.index.tier_names[entry.tier]
         t = self.totals.setdefault(name, {"entries": 0, "used_bytes": 0})
         t["entries"] += sign
@@ -230,13 +232,17 @@ class IndexWriter:
     def recount_totals(self) -> None:
         """Recompute the per-tier totals from the entries themselves (``verify --repair``)."""
         self.totals = {}
+        self._totals_changed = True
         for key, raw in self.txn.cursor(db=self.index.entries):
             self._adjust(Entry.unpack(raw, bytes(key).decode()), +1)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             if exc_type is None:
-                self.txn.put(b"totals", json.dumps(self.totals).encode(), db=self.index.meta)
+                # A transaction that changed nothing commits nothing: LMDB then skips the
+                # fsync, which on a disk costs milliseconds under the engine lock.
+                if self._totals_changed:
+                    self.txn.put(b"totals", json.dumps(self.totals).encode(), db=self.index.meta)
                 self.txn.commit()
             else:
                 self.txn.abort()

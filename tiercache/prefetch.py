@@ -93,7 +93,9 @@ class Prefetcher:
 
     def _committed(self) -> int:
         """Bytes ahead of the reader: fetched and unread, plus the fetches in flight."""
-        in_flight = self._typical or self.budget // max(1, self.engine.config.prefetch.concurrency)
+        # Until one object's size is known, one fetch at a time: the first object of the
+        # plan, which a reader is about to wait for, then gets the origin to itself.
+        in_flight = self._typical or self.budget
         return self._ahead_bytes + self._running * in_flight
 
     def _fetch_one(self, origin: Origin, path: str, key: str, generation: int) -> None:
