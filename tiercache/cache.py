@@ -35,7 +35,7 @@ from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
 from .origin import Origin, OriginError
 from .security import ensure_private_dir
-from .tiers.store import CorruptBlobError, TierStore
+from .tiers.store import Buffer, CorruptBlobError, TierStore
 
 log = logging.getLogger("tiercache")
 
@@ -50,7 +50,7 @@ class Blob:
     entry: Entry
     #: The whole object: bytes in hand (fresh from the origin, small, decompressed) or a
     #: view of the tier's shared mapping, which stays readable even if the engine evicts it.
-    data: bytes | memoryview
+    data: Buffer
     #: Fetched from the origin for this request: its bytes count as origin bytes, not as
     #: bytes a tier served, so ``bytes_read`` per tier says what the cache itself delivered.
     missed: bool = False
@@ -146,10 +146,10 @@ class Cache:
         blob = self.locate(origin, path)
         size = blob.entry.size
         s, e = _resolve_range(start, end, size)
-        if isinstance(blob.data, memoryview):
-            data = bytes(blob.data[s:e])  # the one copy, out of the shared mapping
-        else:
-            data = blob.data if (s, e) == (0, size) else blob.data[s:e]
+        whole = blob.data if (s, e) == (0, size) else blob.data[s:e]
+        # Callers get bytes: from a shared mapping that is the one copy; a fetch's buffer (a
+        # bytearray, fresh from the origin) is copied too, an origin read's cost anyway.
+        data = whole if isinstance(whole, bytes) else bytes(whole)
         if blob.entry.tier >= 0 and not blob.missed:  # a miss's bytes count as origin bytes
             self.counters.add("bytes_read", len(data), tier=blob.entry.tier)
         return data
@@ -310,7 +310,7 @@ class Cache:
 
     def engine_call(
         self, op: str, _payload: bytes = b"", _oneway: bool = False, **fields: Any
-    ) -> tuple[dict[str, Any], bytes]:
+    ) -> tuple[dict[str, Any], Buffer]:
         """Send one request to the engine, wherever it runs; re-elect if it died."""
         header = {"op": op, **fields}
         for attempt in range(8):
@@ -335,7 +335,9 @@ class Cache:
             return reply, payload
         raise EngineUnavailable(f"no engine answered for {self.config.index_path}")
 
-    def _serve(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
+    def _serve(
+        self, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], Buffer] | None:
         """The engine side of :meth:`engine_call`."""
         engine = self._engine
         if engine is None:
@@ -436,7 +438,7 @@ def _version_of(origin: Origin, path: str) -> str:
     return object_version(origin.info(path, refresh=True))
 
 
-def _uncached_entry(key: str, data: bytes) -> Entry:
+def _uncached_entry(key: str, data: Buffer) -> Entry:
     from .tiers.store import BlobMeta
 
     return Entry(key, -1, len(data), BlobMeta(len(data), 0, False, False), "")

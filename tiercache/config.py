@@ -89,6 +89,8 @@ class OriginConfig:
     concurrency: int = 16
     #: Serve cached data and last-known listings without asking an unreachable origin.
     offline: bool = False
+    #: S3 GETs by presigned URL and http.client (see tiercache.s3direct); off: all via s3fs.
+    direct_get: bool = True
 
 
 @dataclass(frozen=True)
@@ -369,6 +371,7 @@ def _parse_origin(r: _Reader) -> OriginConfig:
         timeout_seconds=_number(r, "timeout_seconds", 60.0, minimum=0.001),
         concurrency=_integer(r, "concurrency", 16, minimum=1),
         offline=r.pop("offline", bool, default=False),
+        direct_get=r.pop("direct_get", bool, default=True),
     )
 
 

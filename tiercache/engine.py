@@ -41,7 +41,7 @@ from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
 from .origin import Origin
 from .prefetch import Prefetcher
-from .tiers.store import BlobMeta, CorruptBlobError, Staged, TierStore
+from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 
 log = logging.getLogger("tiercache.engine")
@@ -52,7 +52,7 @@ class FetchResult:
     """What a miss produced: the entry it was stored as (None if not admitted) and the bytes."""
 
     entry: Entry | None
-    data: bytes
+    data: Buffer
 
 
 class Engine:
@@ -341,7 +341,7 @@ class Engine:
             return self._copy_bytes_into(w, entry, tier, data)
 
     def _copy_bytes_into(
-        self, w: IndexWriter, entry: Entry, tier: int, data: bytes | memoryview
+        self, w: IndexWriter, entry: Entry, tier: int, data: Buffer
     ) -> Entry | None:
         store, policy = self.stores[tier], self.policies[tier]
         stored, compressed = store.encode(data)

@@ -180,9 +180,15 @@ class TierCacheFileSystem(ChainedFileSystem):
         on_error: str = "raise",
         concurrency: int | None = None,
     ) -> dict[str, Any]:
-        """Fetch ``paths`` into the cache concurrently; returns {"objects", "bytes", "errors"}."""
+        """Fetch ``paths`` into the cache concurrently; returns {"objects", "bytes", "errors"}.
+
+        ``paths`` are objects (a single path may be given as a string); expand a prefix with
+        ``fs.find(prefix)`` first, as ``tiercache warm`` does.
+        """
         from tqdm import tqdm
 
+        if isinstance(paths, str):
+            paths = [paths]  # not its characters
         targets = [self._strip_protocol(p) for p in paths]
         workers = concurrency or self.config.origin.concurrency
         done: dict[str, Any] = {"objects": 0, "bytes": 0, "errors": {}}

@@ -28,6 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: A message body: any bytes-like object (a fetch's bytearray is sent without a copy).
+Payload = bytes | bytearray | memoryview
+
 log = logging.getLogger("tiercache.ipc")
 _FRAME = struct.Struct("<IQ")  # header length, payload length
 Reply = tuple[dict[str, Any], bytes]
@@ -37,7 +40,7 @@ class EngineUnavailable(ConnectionError):
     """No engine answered on the socket (it exited, or none has started yet)."""
 
 
-def send(sock: socket.socket, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+def send(sock: socket.socket, header: dict[str, Any], payload: Payload = b"") -> None:
     head = json.dumps(header).encode()
     sock.sendall(_FRAME.pack(len(head), len(payload)) + head)
     if payload:
@@ -69,7 +72,7 @@ class EngineServer:
     def __init__(
         self,
         path: Path,
-        handle: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None],
+        handle: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], Payload] | None],
     ) -> None:
         self.path = path
         self.handle = handle
@@ -105,8 +108,10 @@ class EngineServer:
                     draining = self._draining
                     if not draining:
                         self._busy += 1
+                reply: tuple[dict[str, Any], Payload] | None = None
                 if draining:  # handing over: the client waits for the next engine
-                    reply = None if oneway else ({"status": "draining"}, b"")
+                    if not oneway:
+                        reply = {"status": "draining"}, b""
                 else:
                     try:
                         reply = self._handle(header, payload)
@@ -122,7 +127,7 @@ class EngineServer:
 
     def _handle(
         self, header: dict[str, Any], payload: bytes
-    ) -> tuple[dict[str, Any], bytes] | None:
+    ) -> tuple[dict[str, Any], Payload] | None:
         try:
             return self.handle(header, payload)
         except Exception as exc:  # report to the client, keep serving others

@@ -26,9 +26,11 @@ from fsspec import AbstractFileSystem
 
 from .config import OriginConfig
 from .counters import Counters
+from .s3direct import DirectGetter, Unsupported
 
 log = logging.getLogger("tiercache.origin")
 T = TypeVar("T")
+_UNSET = object()
 
 #: Errors that say something about the request, not the weather: never retried.
 PERMANENT = (
@@ -101,6 +103,7 @@ class Origin:
         self._down_until = 0.0
         #: The filesystem pickled once, for requests to an engine in another process.
         self.pickled: bytes | None = None
+        self._direct: DirectGetter | None | object = _UNSET
 
     # -- naming ---------------------------------------------------------------------------------
     def strip(self, path: str) -> str:
@@ -206,7 +209,7 @@ class Origin:
         self.counters.add("origin_heads")
         return self.call("info", path, lambda: self._run("info", path))
 
-    def fetch(self, path: str) -> tuple[bytes, str]:
+    def fetch(self, path: str) -> tuple[bytes | bytearray, str]:
         """The whole object and its version; the length must match what the origin said."""
         path = self.strip(path)
         for _ in range(3):
@@ -222,9 +225,19 @@ class Origin:
             log.warning("%s: got %d bytes, origin said %s; re-reading", path, len(data), size)
         raise OriginChangedError(f"{self.protocol}://{path}: size kept changing while reading")
 
-    def _read_versioned(self, path: str) -> tuple[bytes, int | None, str]:
+    def _read_versioned(self, path: str) -> tuple[bytes | bytearray, int | None, str]:
         """(bytes, the size the origin announced, version) in as few requests as possible."""
         if _is_s3(self.fs):
+            direct = self._direct_getter()
+            if direct is not None:
+                try:
+                    return _direct_get(direct, path, self.remaining())
+                except Unsupported as why:
+                    result = _s3_get(self.fs, path, self.remaining())
+                    # s3fs read what the direct path could not: stop trying it here.
+                    log.warning("direct GETs off for this origin (%s: %s)", path, why)
+                    self._direct = None
+                    return result
             return _s3_get(self.fs, path, self.remaining())
         self.fs.invalidate_cache(path)
         self.counters.add("origin_heads")
@@ -232,6 +245,19 @@ class Origin:
         if info.get("type") == "directory":
             raise IsADirectoryError(f"{self.protocol}://{path} is a directory")
         return self._run("cat_file", path), info.get("size"), object_version(info)
+
+    def _direct_getter(self) -> DirectGetter | None:
+        """The lean GET path for this S3 origin, made on first use; None where it does not
+        apply (see :mod:`tiercache.s3direct`) or ``[origin] direct_get`` is off."""
+        if self._direct is _UNSET:
+            getter = None
+            if self.config.direct_get:
+                try:
+                    getter = DirectGetter(self.fs)
+                except Unsupported as why:
+                    log.info("reading through s3fs only: %s", why)
+            self._direct = getter
+        return self._direct  # type: ignore[return-value]
 
     def fetch_range(self, path: str, start: int, end: int) -> bytes:
         path = self.strip(path)
@@ -384,7 +410,21 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, in
     return body, size, f"{size}:{etag}"
 
 
-def _check_body(url: str, body: bytes, etag: str, resp: dict[str, Any]) -> None:
+def _direct_get(
+    direct: DirectGetter, path: str, timeout: float | None
+) -> tuple[bytearray, int | None, str]:
+    """:func:`_s3_get` through :mod:`tiercache.s3direct`; the same checks, the same answer."""
+    bucket, key, version_id = direct.fs.split_path(path)
+    if not key:
+        raise IsADirectoryError(f"s3://{path} is a bucket, not an object")
+    resp = direct.get(bucket, key, version_id, timeout)
+    size = resp.headers["ContentLength"]
+    etag = str(resp.headers["ETag"]).strip(chr(34))
+    _check_body(f"s3://{path}", resp.body, etag, resp.headers)
+    return resp.body, size, f"{size}:{etag}"
+
+
+def _check_body(url: str, body: bytes | bytearray, etag: str, resp: dict[str, Any]) -> None:
     """Raise if ``body`` is not the object the response describes.
 
     Where S3 keeps a whole-object CRC32 (``x-amz-checksum-crc32``: objects uploaded with one,

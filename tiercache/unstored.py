@@ -10,7 +10,7 @@ from typing import NamedTuple
 class Held(NamedTuple):
     """Bytes read from the origin, the version they are, and when (wall clock) they were read."""
 
-    data: bytes
+    data: bytes | bytearray  # a bytearray when read by tiercache.s3direct
     version: str
     fetched_at: float
 

@@ -74,6 +74,7 @@ class Seen:
     method: str
     path: str
     fault: str
+    query: str = ""  # the raw query string (a presigned URL's signature lives here)
 
 
 class FaultProxy:
@@ -138,7 +139,7 @@ class FaultProxy:
         self.down()
 
     # -- used by the handler ---------------------------------------------------------------------
-    def _decide(self, method: str, path: str) -> Fault | None:
+    def _decide(self, method: str, path: str, query: str = "") -> Fault | None:
         with self._lock:
             chosen = None
             for fault in self.faults:
@@ -152,7 +153,7 @@ class FaultProxy:
                         fault.times -= 1
                     chosen = fault
                     break
-            self.seen.append(Seen(method, path, chosen.kind if chosen else "ok"))
+            self.seen.append(Seen(method, path, chosen.kind if chosen else "ok", query))
             return chosen
 
     def _wait(self, seconds: float) -> None:
@@ -200,9 +201,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         proxy = self.server.proxy
-        path = urllib.parse.unquote(self.path.split("?", 1)[0])
+        raw_path, _, query = self.path.partition("?")
+        path = urllib.parse.unquote(raw_path)
         body = self._read_body()
-        fault = proxy._decide(self.command, path)
+        fault = proxy._decide(self.command, path, query)
         if fault is not None and fault.kind == "reset":
             self._reset()
             return

@@ -41,6 +41,10 @@ class CorruptBlobError(Exception):
     """A stored blob's bytes no longer match the checksum recorded when it was written."""
 
 
+#: What blob bytes arrive as: bytes, a fetch's bytearray, or a view of a mapping.
+Buffer = bytes | bytearray | memoryview
+
+
 @dataclass(frozen=True)
 class BlobMeta:
     """What the index records about a stored blob, to find and verify it later."""
@@ -60,7 +64,7 @@ class Staged:
     blob_id: str
     meta: BlobMeta
     tmp: Path | None = None
-    stored: bytes | memoryview = b""
+    stored: Buffer = b""
 
     def discard(self) -> None:
         if self.tmp is not None:
@@ -112,7 +116,7 @@ class TierStore:
         return self._small
 
     # -- write ----------------------------------------------------------------------------------
-    def encode(self, data: bytes | memoryview) -> tuple[bytes | memoryview, bool]:
+    def encode(self, data: Buffer) -> tuple[Buffer, bool]:
         """Compress if the tier asks for it and it pays; returns (stored bytes, compressed)."""
         if self.compress:
             packed = lz4.frame.compress(data, store_size=True)
@@ -120,15 +124,11 @@ class TierStore:
                 return packed, True
         return data, False
 
-    def put_encoded(
-        self, blob_id: str, stored: bytes | memoryview, compressed: bool, size: int
-    ) -> BlobMeta:
+    def put_encoded(self, blob_id: str, stored: Buffer, compressed: bool, size: int) -> BlobMeta:
         """Store bytes already passed through :meth:`encode` (``size`` is the logical size)."""
         return self.publish(self.stage(blob_id, stored, compressed, size))
 
-    def stage(
-        self, blob_id: str, stored: bytes | memoryview, compressed: bool, size: int
-    ) -> Staged:
+    def stage(self, blob_id: str, stored: Buffer, compressed: bool, size: int) -> Staged:
         """The slow half of a write, safe to run outside any lock: checksum, and for a file
         blob, write it under a temporary name and fsync it. Nothing is visible yet."""
         checksum = zlib.crc32(stored)
@@ -297,7 +297,7 @@ class TierStore:
     def _changed(self, st: os.stat_result, meta: BlobMeta) -> bool:
         return (st.st_ino, st.st_mtime_ns) != (meta.ino, meta.mtime_ns)
 
-    def _check(self, blob_id: str, data: bytes | memoryview, meta: BlobMeta) -> None:
+    def _check(self, blob_id: str, data: Buffer, meta: BlobMeta) -> None:
         if zlib.crc32(data) != meta.checksum:
             raise CorruptBlobError(f"{self.config.name} blob {blob_id}: checksum mismatch")
 

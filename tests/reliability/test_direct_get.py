@@ -1,0 +1,87 @@
+"""S3 GETs by presigned URL (tiercache.s3direct): used for plain reads, the same bytes and
+checks as through s3fs, and s3fs again for anything they cannot serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import S3, put_objects
+from tests.reliability.conftest import faulty_cache
+from tests.reliability.faultproxy import Fault, FaultProxy
+
+MiB = 1 << 20
+
+
+def signed_gets(proxy: FaultProxy, name: str) -> list[str]:
+    """GETs of ``name`` that came by presigned URL, as opposed to botocore's own requests."""
+    return [s.path for s in proxy.requests("GET", name) if "X-Amz-Signature=" in s.query]
+
+
+def test_plain_reads_use_presigned_gets(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, proxy: FaultProxy
+) -> None:
+    body = os.urandom(3 * MiB + 5)
+    put_objects(s3_server, bucket, {"p.bin": body})
+    fs = faulty_cache(cache_dirs, proxy)
+    assert fs.cat_file(f"{bucket}/p.bin") == body
+    assert isinstance(fs.cat_file(f"{bucket}/p.bin", 10, 20), bytes)
+    assert len(signed_gets(proxy, "/p.bin")) == 1
+    assert len(proxy.requests("GET", "/p.bin")) == 1  # no second request, no HEAD either
+    assert not proxy.requests("HEAD", "/p.bin")
+
+
+def test_direct_get_off_reads_through_s3fs(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, proxy: FaultProxy
+) -> None:
+    body = os.urandom(MiB)
+    put_objects(s3_server, bucket, {"o.bin": body})
+    fs = faulty_cache(cache_dirs, proxy, origin={"direct_get": False})
+    assert fs.cat_file(f"{bucket}/o.bin") == body
+    assert len(proxy.requests("GET", "/o.bin")) == 1
+    assert signed_gets(proxy, "/o.bin") == []
+
+
+def test_an_answer_it_cannot_use_falls_back_to_s3fs_and_turns_it_off(
+    cache_dirs: dict[str, Path],
+    s3_server: S3,
+    bucket: str,
+    proxy: FaultProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 403 (what a signature the presigner got wrong would look like) sends the read to
+    s3fs; when s3fs succeeds, later reads of this origin go through s3fs only."""
+    objs = {"a.bin": os.urandom(MiB), "b.bin": os.urandom(MiB)}
+    put_objects(s3_server, bucket, objs)
+    proxy.add(Fault("status", status=403, code="AccessDenied", times=1, path="/a.bin"))
+    fs = faulty_cache(cache_dirs, proxy)
+    with caplog.at_level(logging.WARNING, logger="tiercache.origin"):
+        assert fs.cat_file(f"{bucket}/a.bin") == objs["a.bin"]
+    assert "direct GETs off for this origin" in caplog.text
+    assert [s.fault for s in proxy.requests("GET", "/a.bin")] == ["status", "ok"]
+    assert fs.cat_file(f"{bucket}/b.bin") == objs["b.bin"]
+    assert signed_gets(proxy, "/b.bin") == []
+
+
+def test_missing_object_is_a_file_not_found_naming_it(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, proxy: FaultProxy
+) -> None:
+    fs = faulty_cache(cache_dirs, proxy)
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/nope.bin"):
+        fs.cat_file(f"{bucket}/nope.bin")
+    assert len(signed_gets(proxy, "/nope.bin")) == 1  # answered by the direct GET itself
+
+
+def test_server_errors_are_retried_on_the_direct_path(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, proxy: FaultProxy
+) -> None:
+    body = os.urandom(MiB)
+    put_objects(s3_server, bucket, {"r.bin": body})
+    proxy.add(Fault("status", status=503, code="SlowDown", times=2, path="/r.bin"))
+    fs = faulty_cache(cache_dirs, proxy, retries=3)
+    assert fs.cat_file(f"{bucket}/r.bin") == body
+    assert len(signed_gets(proxy, "/r.bin")) == 3  # two refusals, then the read
+    assert fs.stats()["origin"]["errors"] == 2
