@@ -250,13 +250,15 @@ class Origin:
         """The lean GET path for this S3 origin, made on first use; None where it does not
         apply (see :mod:`tiercache.s3direct`) or ``[origin] direct_get`` is off."""
         if self._direct is _UNSET:
-            getter = None
-            if self.config.direct_get:
-                try:
-                    getter = DirectGetter(self.fs)
-                except Unsupported as why:
-                    log.info("reading through s3fs only: %s", why)
-            self._direct = getter
+            with self._lock:
+                if self._direct is _UNSET:
+                    getter = None
+                    if self.config.direct_get:
+                        try:
+                            getter = DirectGetter(self.fs)
+                        except Unsupported as why:
+                            log.info("reading through s3fs only: %s", why)
+                    self._direct = getter
         return self._direct  # type: ignore[return-value]
 
     def fetch_range(self, path: str, start: int, end: int) -> bytes:

@@ -66,8 +66,8 @@ class DirectGetter:
         if config.get("proxies"):
             raise Unsupported("a proxy is configured")
         self.fs = fs
-        verify = (getattr(fs, "client_kwargs", None) or {}).get("verify", True)
-        self._ssl = _ssl_context(verify)
+        self._verify = (getattr(fs, "client_kwargs", None) or {}).get("verify", True)
+        self._ssl: ssl.SSLContext | None = None  # made on the first HTTPS connection
         self._lock = threading.Lock()
         self._signer: Any = None
         self._session: Any = None
@@ -157,6 +157,9 @@ class DirectGetter:
         conn = pool.get((scheme, host, port))
         if conn is None:
             if scheme == "https":
+                with self._lock:
+                    if self._ssl is None:
+                        self._ssl = _ssl_context(self._verify)  # loads the CA bundle: once
                 conn = http.client.HTTPSConnection(host, port, context=self._ssl)
             elif scheme == "http":
                 conn = http.client.HTTPConnection(host, port)
