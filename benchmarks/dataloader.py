@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,10 +84,12 @@ class Recorder:
         gets = nbytes = 0
         for line in lines:
             req = json.loads(line)
-            url = req.get("url", "")
-            if req.get("method") != "GET" or "/moto-api/" in url or "?" in url:
+            url, _, query = req.get("url", "").partition("?")
+            if req.get("method") != "GET" or "/moto-api/" in url:
                 continue
-            path = url.split("/", 3)[-1]
+            path = urllib.parse.unquote(url.split("/", 3)[-1])
+            if path not in self.sizes:  # a listing: not an object this benchmark uploaded
+                continue
             rng = {k.lower(): v for k, v in (req.get("headers") or {}).items()}.get("range")
             match = re.match(r"bytes=(\d+)-(\d*)", rng or "")
             size = self.sizes.get(path, 0)

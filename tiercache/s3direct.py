@@ -133,11 +133,8 @@ class DirectGetter:
         :class:`Unsupported`."""
         parts = urllib.parse.urlsplit(self.url(bucket, key, version_id))
         wait = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
-        conn = self._connection(parts.scheme, parts.hostname or "", parts.port, wait)
+        resp = self._send(parts, wait)
         try:
-            # The presigned URL signs this header too: it must be sent as signed.
-            conn.request("GET", f"{parts.path}?{parts.query}", headers=_SIGNED_HEADERS)
-            resp = conn.getresponse()
             if resp.status != 200:
                 _refuse(resp, f"s3://{bucket}/{key}")
             headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -148,6 +145,30 @@ class DirectGetter:
             self._drop_connection(parts.scheme, parts.hostname or "", parts.port)
             raise
         return Response(body, _as_botocore(headers, len(body)))
+
+    def _send(self, parts: urllib.parse.SplitResult, wait: float) -> http.client.HTTPResponse:
+        """Send the GET and read the answer's head, on this thread's kept-alive connection.
+
+        A server may close an idle connection at any time; if a reused one turns out
+        closed before any answer, the request goes once more on a fresh connection rather
+        than counting as an origin error.
+        """
+        where = (parts.scheme, parts.hostname or "", parts.port)
+        for attempt in range(2):
+            conn = self._connection(*where, wait)
+            reused = conn.sock is not None
+            try:
+                # The presigned URL signs this header too: it must be sent as signed.
+                conn.request("GET", f"{parts.path}?{parts.query}", headers=_SIGNED_HEADERS)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._drop_connection(*where)
+                if not reused or attempt:
+                    raise
+            except BaseException:
+                self._drop_connection(*where)
+                raise
+        raise AssertionError("unreachable")
 
     def _connection(
         self, scheme: str, host: str, port: int | None, timeout: float | None

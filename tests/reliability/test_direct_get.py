@@ -85,3 +85,18 @@ def test_server_errors_are_retried_on_the_direct_path(
     assert fs.cat_file(f"{bucket}/r.bin") == body
     assert len(signed_gets(proxy, "/r.bin")) == 3  # two refusals, then the read
     assert fs.stats()["origin"]["errors"] == 2
+
+
+def test_a_kept_alive_connection_found_closed_is_not_an_origin_error(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, proxy: FaultProxy
+) -> None:
+    """Servers close idle keep-alive connections; the request is sent again at once on a
+    fresh one instead of counting as a failure and waiting out a retry's backoff."""
+    objs = {"k1.bin": os.urandom(MiB), "k2.bin": os.urandom(MiB)}
+    put_objects(s3_server, bucket, objs)
+    fs = faulty_cache(cache_dirs, proxy, retries=0)
+    assert fs.cat_file(f"{bucket}/k1.bin") == objs["k1.bin"]  # opens this thread's connection
+    proxy.add(Fault("reset", times=1, path="/k2.bin"))
+    assert fs.cat_file(f"{bucket}/k2.bin") == objs["k2.bin"]
+    assert [s.fault for s in proxy.requests("GET", "/k2.bin")] == ["reset", "ok"]
+    assert fs.stats()["origin"]["errors"] == 0
