@@ -193,7 +193,7 @@ class Engine:
             held = Held(*origin.fetch(path), started)
         entry = self.admit(key, held, prefetch=prefetch)
         if entry is None:
-            self._unstored.put(key, held)
+            self._unstored.put(key, held, read=not prefetch)
         else:
             self._unstored.drop(key)
         return FetchResult(entry, held.data)

@@ -16,17 +16,22 @@ class Held(NamedTuple):
 
 
 class Unstored:
-    """Objects fetched but stored in no tier, held briefly (LRU, within a byte budget).
+    """Objects fetched but stored in no tier, held briefly within a byte budget.
 
     With the tiers full (a ``static`` tier holds its share of the data), an object no tier
     admits would otherwise be read from the origin once per reader: every DataLoader worker
     that reads a sample of the same shard, and again by the reader after a prefetch. Holding
     the bytes of the last few such objects makes each of them one origin read per epoch.
+
+    When the budget is short, the object read by the most readers goes first (the oldest of
+    those): it is the likeliest to be finished with, while one fetched ahead and not read
+    yet is certain to be wanted.
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self._items: OrderedDict[str, Held] = OrderedDict()
+        self._reads: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -40,15 +45,25 @@ class Unstored:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: str, held: Held) -> None:
+    def put(self, key: str, held: Held, *, read: bool) -> None:
+        """Hold ``held``; ``read``: a reader is being served it (not a fetch ahead)."""
         if len(held.data) > self.budget:
             return
         with self._lock:
+            reads = self._reads.get(key, 0) + read
             self._pop(key)
             self._items[key] = held
+            self._reads[key] = reads
             self._bytes += len(held.data)
             while self._bytes > self.budget:
-                self._pop(next(iter(self._items)))
+                self._pop(self._victim())
+
+    def _victim(self) -> str:
+        most, victim = -1, ""
+        for key in self._items:  # oldest first
+            if self._reads[key] > most:
+                most, victim = self._reads[key], key
+        return victim
 
     def drop(self, key: str) -> None:
         with self._lock:
@@ -56,5 +71,6 @@ class Unstored:
 
     def _pop(self, key: str) -> None:
         item = self._items.pop(key, None)
+        self._reads.pop(key, None)
         if item is not None:
             self._bytes -= len(item.data)
