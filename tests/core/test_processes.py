@@ -48,8 +48,10 @@ def test_concurrent_misses_across_processes_read_origin_once(
         assert len(s3_server.requests("GET", key)) == 1, key
     fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=s3_server.options)
     stats = fs.stats()
-    assert stats["requests"] == 12
-    assert stats["misses"] == 3 + stats["singleflight_waits"]  # waiters were served misses
+    assert stats["requests"] == 12 == stats["hits"] + stats["misses"]
+    # Every waiter was served a miss; so was any reader that looked before the object was
+    # stored and asked the engine just after (the engine then finds it in a tier).
+    assert stats["misses"] >= 3 + stats["singleflight_waits"]
     assert stats["origin"]["reads"] == 3
 
 
