@@ -2,6 +2,10 @@
 
     python benchmarks/read_path.py            # table
     python benchmarks/read_path.py --json     # JSON
+    python benchmarks/read_path.py --ram-dir /mnt/tiercache-ram   # RAM tier elsewhere
+
+``--ram-dir`` puts the RAM tier on another memory-backed filesystem than ``/dev/shm``, e.g.
+a tmpfs mounted with ``huge=within_size`` (see docs/configuration.md).
 
 Everything is measured in one run against moto's S3 server (a separate process, HTTP on
 loopback), and every figure is also given as a ratio to its baseline from the same run:
@@ -29,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_of, moto_server, report, s3_options, timed, upload  # noqa: E402
 
 MiB = 1 << 20
+#: Where the RAM tiers live (``--ram-dir``).
+RAM_DIR = Path("/dev/shm")
 
 
 def tiercache_config(root: Path, ram: int, verify: str = "on-change") -> dict[str, Any]:
@@ -36,7 +42,7 @@ def tiercache_config(root: Path, ram: int, verify: str = "on-change") -> dict[st
         "tiers": [
             {
                 "name": "ram",
-                "path": str(Path("/dev/shm") / "-".join(root.parts[-2:]) / "ram"),
+                "path": str(RAM_DIR / "-".join(root.parts[-2:]) / "ram"),
                 "capacity": ram,
                 "verify": verify,
             },
@@ -52,11 +58,16 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000, help="4 KiB objects")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--ram-dir", type=Path, default=Path("/dev/shm"), help="RAM tier's filesystem"
+    )
     args = parser.parse_args()
+    global RAM_DIR
+    RAM_DIR = args.ram_dir
 
     root = Path(tempfile.mkdtemp(prefix="tc-bench-"))
-    shm = [Path("/dev/shm") / f"{root.parent.name}-{root.name}",
-           Path("/dev/shm") / f"{root.name}-strict"]  # fmt: skip
+    shm = [RAM_DIR / f"{root.parent.name}-{root.name}",
+           RAM_DIR / f"{root.name}-strict"]  # fmt: skip
     try:
         with moto_server() as endpoint:
             rows, extra = run(endpoint, root, args)
