@@ -7,12 +7,12 @@ checksummed on the event loop's thread. That costs about 7 ms of CPU per 4 MiB, 
 training node that CPU is the readers'. Here the request is signed by botocore (a presigned
 URL: no network, the same credentials, endpoint and addressing as the s3fs client), and the
 body is received with ``recv_into`` into a buffer of the announced length, with the GIL
-released: about a third of the CPU, measured in ``benchmarks/read_path.py``.
+released: about a third of the CPU (see docs/performance.md).
 
 Only plain GETs take this path. Anything it does not handle goes back to s3fs (the caller's
 fallback, :class:`Unsupported`): requester-pays buckets, extra request arguments such as
-SSE-C keys, proxies, redirects, and any error answer, so errors read exactly as they do
-through s3fs.
+SSE-C keys, proxies, redirects, 400s and 403s, so those read exactly as they do through
+s3fs. A missing object (404) and server trouble (5xx, 429) are answered here.
 """
 
 from __future__ import annotations
