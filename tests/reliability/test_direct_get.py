@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import S3, put_objects
+from tests.conftest import S3, make_config, put_objects
 from tests.reliability.conftest import faulty_cache
 from tests.reliability.faultproxy import Fault, FaultProxy
 
@@ -100,3 +100,23 @@ def test_a_kept_alive_connection_found_closed_is_not_an_origin_error(
     assert fs.cat_file(f"{bucket}/k2.bin") == objs["k2.bin"]
     assert [s.fault for s in proxy.requests("GET", "/k2.bin")] == ["reset", "ok"]
     assert fs.stats()["origin"]["errors"] == 0
+
+
+def test_presigned_gets_over_https(cache_dirs: dict[str, Path]) -> None:
+    """Real object stores speak TLS: the direct path keeps s3fs's ``verify`` setting (here
+    off, for moto's self-signed certificate) and reads the same bytes."""
+    from tiercache import TierCacheFileSystem
+    from tiercache.demo.server import start_s3_server
+    from tiercache.s3direct import DirectGetter
+
+    body = os.urandom(2 * MiB)
+    with start_s3_server(https=True) as server:
+        import s3fs
+
+        server.create_bucket("tls")
+        s3fs.S3FileSystem(**server.options, skip_instance_cache=True).pipe("tls/t.bin", body)
+        fs = TierCacheFileSystem(
+            config=make_config(cache_dirs), target_protocol="s3", target_options=server.options
+        )
+        assert fs.cat_file("tls/t.bin") == body
+        assert isinstance(fs.origin._direct_getter(), DirectGetter)  # not turned off

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ class S3Server:
     @property
     def options(self) -> dict[str, Any]:
         """s3fs storage options that reach this server."""
-        return {"endpoint_url": self.endpoint, **CREDENTIALS}
+        options: dict[str, Any] = {"endpoint_url": self.endpoint, **CREDENTIALS}
+        if self.endpoint.startswith("https:"):  # moto's certificate is self-signed
+            options["client_kwargs"] = {"verify": False}
+        return options
 
     def create_bucket(self, name: str) -> None:
         import s3fs
@@ -61,26 +65,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_s3_server(timeout: float = 30.0, env: dict[str, str] | None = None) -> S3Server:
+def start_s3_server(
+    timeout: float = 30.0, env: dict[str, str] | None = None, *, https: bool = False
+) -> S3Server:
     """Start ``python -m moto.server`` on a free loopback port and wait until it answers.
 
-    ``env`` adds environment variables for the server (e.g. moto's request recorder).
+    ``env`` adds environment variables for the server (e.g. moto's request recorder);
+    ``https`` serves TLS with a self-signed certificate (the options then skip verifying it).
     """
     port = _free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            **(env or {})}  # fmt: skip
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        command + (["--ssl"] if https else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"{'https' if https else 'http'}://127.0.0.1:{port}"
+    unverified = None
+    if https:  # only to see the server answer; its certificate is made up at start
+        unverified = ssl.create_default_context()
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise OSError(f"moto's S3 server exited at start (status {process.returncode}); "
                           "is moto[server] installed?")  # fmt: skip
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{endpoint}/moto-api/",
-                                                                  timeout=1):  # fmt: skip
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1, context=unverified),
+        ):
             return S3Server(endpoint, process)
         time.sleep(0.05)
     process.kill()
