@@ -95,24 +95,31 @@ class ShardShuffleSampler(Sampler[int]):
         self._yielded = 0  # samples handed out in the current pass, resumed ones included
         self._finished = False
         self._explicit = False
-        self._hinted: tuple[int, int] | None = None  # (epoch, offset) of the pass hinted
-        self._hint_next_pass()
+        #: The next pass's (seed, epoch, offset) and remaining order: computed once, hinted once.
+        self._planned: tuple[tuple[int, int, int], np.ndarray] | None = None
+        self._plan_ahead()
 
-    def _hint_next_pass(self) -> None:
-        """Hand the cache the next pass's order as soon as it is known, once per pass.
+    def _plan_ahead(self) -> None:
+        """Hand the cache the next pass's order as soon as it is known.
 
         Called when the sampler is made, on ``set_epoch`` and on ``load_state_dict``, not
         only when iteration starts: a DataLoader starts its worker processes between
         ``iter(loader)`` and its first draw from the sampler, and that is time the cache can
         spend fetching the first shards.
         """
+        if self.hint and self.dataset is not None:
+            self._next_pass()
+
+    def _next_pass(self) -> np.ndarray:
+        """The next pass's remaining order, computed (and hinted) once however often asked."""
         epoch = self.epoch + (1 if self._finished and not self._explicit else 0)
-        if not self.hint or self.dataset is None or self._hinted == (epoch, self._start):
-            return
-        mine = self.order(epoch)[self._start :]
-        if len(mine):
-            self.dataset.hint(mine)
-        self._hinted = (epoch, self._start)
+        which = (self.seed, epoch, self._start)
+        if self._planned is None or self._planned[0] != which:
+            mine = self.order(epoch)[self._start :]
+            if self.hint and self.dataset is not None and len(mine):
+                self.dataset.hint(mine)
+            self._planned = which, mine
+        return self._planned[1]
 
     def __len__(self) -> int:
         return self.num_samples
@@ -122,7 +129,7 @@ class ShardShuffleSampler(Sampler[int]):
         self._explicit = True
         self._finished = False
         self._start = 0
-        self._hint_next_pass()
+        self._plan_ahead()
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """This rank's full sample order for ``epoch`` (default: the current one)."""
@@ -137,14 +144,13 @@ class ShardShuffleSampler(Sampler[int]):
         return order[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        self._hint_next_pass()
+        mine = self._next_pass()
+        self._planned = None  # the next pass, even of the same epoch again, is hinted anew
         if self._finished and not self._explicit:
             self.epoch += 1
         self._finished = False
         self._explicit = False
         start, self._start = self._start, 0
-        mine = self.order()[start:]
-        self._hinted = None  # the next pass, even of the same epoch again, is hinted anew
         self._yielded = start
         for i in mine.tolist():
             self._yielded += 1
@@ -185,7 +191,7 @@ class ShardShuffleSampler(Sampler[int]):
         self._explicit = True
         self._finished = False
         self._yielded = self._start
-        self._hint_next_pass()
+        self._plan_ahead()
 
 
 class HintedSampler(Sampler[int]):
