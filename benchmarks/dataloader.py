@@ -260,26 +260,20 @@ def prepare(args: argparse.Namespace, root: Path, server: S3Server,
     write_tokens(arrays, url, shard_bytes=shard, dtype=args.dtype, storage_options=server.options)
     files = sorted(local.glob("*.bin"))
     sizes = {f"{BUCKET}/tokens/{p.name}": p.stat().st_size for p in files}
-    if any(n.startswith("mosaic") for n in names):
+    # Each peer's own format (peers.write_<folder>), made only if one of its rows runs.
+    for prefix, label, folder in (("mosaic", "MosaicML streaming", "mds"),
+                                  ("litdata", "litdata", "litdata")):  # fmt: skip
+        if not any(n.startswith(prefix) for n in names):
+            continue
         try:
             import peers
 
-            mds = root / "mds-src"
-            peers.write_mds(files, mds, args.seq_len, args.dtype, shard)
-            _upload_dir(server, mds, f"{BUCKET}/mds", sizes)
+            src = root / f"{folder}-src"
+            getattr(peers, f"write_{folder}")(files, src, args.seq_len, args.dtype, shard)
+            _upload_dir(server, src, f"{BUCKET}/{folder}", sizes)
         except Exception as exc:
-            print(f"MosaicML streaming unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
-            names[:] = [n for n in names if not n.startswith("mosaic")]
-    if any(n.startswith("litdata") for n in names):
-        try:
-            import peers
-
-            lit = root / "litdata-src"
-            peers.write_litdata(files, lit, args.seq_len, args.dtype, shard)
-            _upload_dir(server, lit, f"{BUCKET}/litdata", sizes)
-        except Exception as exc:
-            print(f"litdata unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
-            names[:] = [n for n in names if not n.startswith("litdata")]
+            print(f"{label} unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+            names[:] = [n for n in names if not n.startswith(prefix)]
     samples = sum(p.stat().st_size for p in files) // args.itemsize // args.seq_len
     return {"url": url, "options": server.options, "local": local, "root": root,
             "endpoint": server.endpoint, "dataset_bytes": samples * args.seq_len * args.itemsize,
