@@ -30,7 +30,6 @@ from .s3direct import DirectGetter, Unsupported
 
 log = logging.getLogger("tiercache.origin")
 T = TypeVar("T")
-_UNSET = object()
 
 #: Errors that say something about the request, not the weather: never retried.
 PERMANENT = (
@@ -103,7 +102,8 @@ class Origin:
         self._down_until = 0.0
         #: The filesystem pickled once, for requests to an engine in another process.
         self.pickled: bytes | None = None
-        self._direct: DirectGetter | None | object = _UNSET
+        #: The lean GET path for an S3 origin (None: everything through the filesystem).
+        self.direct = _direct_getter(fs, config)
 
     # -- naming ---------------------------------------------------------------------------------
     def strip(self, path: str) -> str:
@@ -228,7 +228,7 @@ class Origin:
     def _read_versioned(self, path: str) -> tuple[bytes | bytearray, int | None, str]:
         """(bytes, the size the origin announced, version) in as few requests as possible."""
         if _is_s3(self.fs):
-            direct = self._direct_getter()
+            direct = self.direct
             if direct is not None:
                 try:
                     return _direct_get(direct, path, self.remaining())
@@ -236,7 +236,7 @@ class Origin:
                     result = _s3_get(self.fs, path, self.remaining())
                     # s3fs read what the direct path could not: stop trying it here.
                     log.warning("direct GETs off for this origin (%s: %s)", path, why)
-                    self._direct = None
+                    self.direct = None
                     return result
             return _s3_get(self.fs, path, self.remaining())
         self.fs.invalidate_cache(path)
@@ -245,21 +245,6 @@ class Origin:
         if info.get("type") == "directory":
             raise IsADirectoryError(f"{self.protocol}://{path} is a directory")
         return self._run("cat_file", path), info.get("size"), object_version(info)
-
-    def _direct_getter(self) -> DirectGetter | None:
-        """The lean GET path for this S3 origin, made on first use; None where it does not
-        apply (see :mod:`tiercache.s3direct`) or ``[origin] direct_get`` is off."""
-        if self._direct is _UNSET:
-            with self._lock:
-                if self._direct is _UNSET:
-                    getter = None
-                    if self.config.direct_get:
-                        try:
-                            getter = DirectGetter(self.fs)
-                        except Unsupported as why:
-                            log.info("reading through s3fs only: %s", why)
-                    self._direct = getter
-        return self._direct  # type: ignore[return-value]
 
     def fetch_range(self, path: str, start: int, end: int) -> bytes:
         path = self.strip(path)
@@ -376,6 +361,18 @@ class Origin:
 
 def _is_s3(fs: AbstractFileSystem) -> bool:
     return type(fs).__module__.startswith("s3fs")
+
+
+def _direct_getter(fs: AbstractFileSystem, config: OriginConfig) -> DirectGetter | None:
+    """:mod:`tiercache.s3direct` for an S3 origin, unless it does not apply or
+    ``[origin] direct_get`` is off."""
+    if not config.direct_get or not _is_s3(fs):
+        return None
+    try:
+        return DirectGetter(fs)
+    except Unsupported as why:
+        log.info("reading through s3fs only: %s", why)
+        return None
 
 
 def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, int | None, str]:

@@ -119,4 +119,4 @@ def test_presigned_gets_over_https(cache_dirs: dict[str, Path]) -> None:
             config=make_config(cache_dirs), target_protocol="s3", target_options=server.options
         )
         assert fs.cat_file("tls/t.bin") == body
-        assert isinstance(fs.origin._direct_getter(), DirectGetter)  # not turned off
+        assert isinstance(fs.origin.direct, DirectGetter)  # not turned off
