@@ -272,6 +272,11 @@ class Cache:
             self._after_fork()
         if self._engine is not None:
             return self._engine
+        if self._link.connected():
+            # An engine accepted this thread's connection and nothing has failed on it since
+            # (any error resets it): it runs elsewhere. Pinging it on every call instead cost
+            # each worker a round trip, and the GIL of a busy training process, per hit.
+            return None
         with contextlib.suppress(EngineUnavailable):
             self._link.request({"op": "ping"})
             return None

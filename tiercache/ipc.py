@@ -171,6 +171,10 @@ class EngineLink:
             self._local.sock = sock
         return sock
 
+    def connected(self) -> bool:
+        """Whether this thread holds a connection the engine accepted (reset on any error)."""
+        return getattr(self._local, "sock", None) is not None
+
     def request(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
         try:
             sock = self._sock()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,41 @@ def test_concurrent_misses_across_processes_read_origin_once(
     # stored and asked the engine just after (the engine then finds it in a tier).
     assert stats["misses"] >= 3 + stats["singleflight_waits"]
     assert stats["origin"]["reads"] == 3
+
+
+def test_a_reader_process_pings_the_engine_once_not_per_request(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """A DataLoader worker's hits must not each wait on a round trip to the engine (whose
+    process is busy training): it checks the engine is alive when it first connects only."""
+    objs = {f"ping/{i}": os.urandom(4096) for i in range(20)}
+    put_objects(s3_server, bucket, objs)
+    fs = TierCacheFileSystem(
+        config=make_config(cache_dirs), target_protocol="s3", target_options=s3_server.options
+    )
+    paths = [f"{bucket}/{k}" for k in objs]
+    fs.warm(paths[:-1], progress=False)  # the parent is the engine; the last one stays a miss
+    server = fs.cache._server
+    assert server is not None
+    ops: Counter[str] = Counter()
+    handle = server.handle
+
+    def counting(header: dict[str, Any], payload: bytes) -> Any:
+        ops[header["op"]] += 1
+        return handle(header, payload)
+
+    server.handle = counting
+    pid = os.fork()
+    if pid == 0:  # first reads of fresh entries each tell the engine at once (access records)
+        ok = all(fs.cat_file(p) == objs[p.split("/", 1)[1]] for p in paths)
+        os._exit(0 if ok and not fs.cache.is_engine else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 10
+    while ops["access"] < len(paths) - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # one-way messages: the engine handles them after the child is gone
+    assert ops["access"] == len(paths) - 1 and ops["fetch"] == 1
+    assert ops["ping"] == 1
 
 
 def test_forked_child_reads_through_parent_engine(
