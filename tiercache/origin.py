@@ -346,6 +346,17 @@ class Origin:
             names = self._names[parent] = (when, table)
         return names[1].get(path)
 
+    def listed_size(self, path: str) -> int | None:
+        """The object's size from a listing this process already holds, however old; None
+        when it holds none. Never sends a request: a guess, for budgeting prefetches."""
+        parent = posixpath.dirname(self.strip(path).rstrip("/"))
+        cached = self._listings.get(parent)
+        if cached is None:
+            return None
+        info = self.listed(path, max_age=float("inf"))
+        size = None if info is None else info.get("size")
+        return size if isinstance(size, int) else None
+
     def version_from_listing(self, path: str, max_age: float) -> str | None:
         """The object's current version from its parent's listing; None if it is gone."""
         info = self.listed(path, max_age=max_age)

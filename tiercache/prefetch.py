@@ -20,7 +20,8 @@ class Prefetcher:
     """Fetches hinted keys ahead of the consumer, within a byte budget.
 
     The budget counts bytes fetched ahead and not yet read, and the fetches in flight (at
-    the size of the last object fetched; sizes are not known before the GET); reading a
+    the size of the last object fetched, or of the plan's first object in a listing this
+    process holds; a GET tells no size before it answers); reading a
     prefetched key gives its bytes back. Keys already cached are skipped, so only what is
     missing is fetched. Counting fetches in flight matters where no tier takes prefetched
     objects: the engine then holds them in memory for their readers, in a hold twice the
@@ -55,6 +56,10 @@ class Prefetcher:
             self._ahead.clear()
             self._ahead_bytes = 0
             self._queue = deque(zip([origin] * len(paths), paths, keys, strict=True))
+            if not self._typical and paths:
+                # A listing in hand (the dataset listed its shards) sizes the fetches in
+                # flight, so the first window starts at once instead of one object first.
+                self._typical = origin.listed_size(paths[0]) or 0
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="tiercache-prefetch", daemon=True
@@ -93,8 +98,9 @@ class Prefetcher:
 
     def _committed(self) -> int:
         """Bytes ahead of the reader: fetched and unread, plus the fetches in flight."""
-        # Until one object's size is known, one fetch at a time: the first object of the
-        # plan, which a reader is about to wait for, then gets the origin to itself.
+        # Until one object's size is known, one fetch at a time: objects of unknown size
+        # never overrun the budget, and the first one, which a reader is about to wait
+        # for, gets the origin to itself.
         in_flight = self._typical or self.budget
         return self._ahead_bytes + self._running * in_flight
 

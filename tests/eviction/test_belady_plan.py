@@ -70,3 +70,30 @@ def test_an_exact_plan_is_the_one_step_clock() -> None:
     for i, key in enumerate(trace):
         policy.request(key, 1)
         assert policy._now == i + 1
+
+
+def _read(policy: object, key: str) -> None:
+    """A reader's access, stored on a miss if the policy admits it (as the engine does)."""
+    if not policy.record(key, 1) and policy.admit(key, 1):  # type: ignore[attr-defined]
+        policy.insert(key, 1)  # type: ignore[attr-defined]
+
+
+def test_a_prefetch_takes_a_slot_no_plan_reads_again_for_its_coming_read() -> None:
+    """Fetched ahead, a key is worth a slot for its reads after the coming one (MIN with
+    bypass). Its coming read is a planned hit too: where a resident has no planned read
+    left, evicting it costs nothing, and the reader then hits this tier, not a slower one."""
+    policy = create_policy("belady", 2, fallback="static", bypass=True)
+    policy.hint(["a", "b", "c", "a"])
+    _read(policy, "a")
+    _read(policy, "b")  # resident: a (read again at 3), b (never again)
+    assert policy.admit_ahead("c", 1)
+    assert policy.insert("c", 1) == ["b"]
+    policy.check()
+
+
+def test_a_prefetch_never_displaces_a_key_the_plan_reads_again() -> None:
+    policy = create_policy("belady", 2, fallback="static", bypass=True)
+    policy.hint(["a", "b", "c", "a", "b"])
+    _read(policy, "a")
+    _read(policy, "b")  # both residents are read again; c is not
+    assert not policy.admit_ahead("c", 1)
