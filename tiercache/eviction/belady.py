@@ -175,16 +175,7 @@ class Belady(SizedPolicy):
     def admit_ahead(self, key: Key, size: int) -> bool:
         if self._now >= self._horizon:
             return self._shadow.admit(key, size)
-        if self._worth_storing(key, size, self._planned_use(key, 1)):
-            return True
-        # Its coming read is a planned hit as well. Where the slot it needs holds a key no
-        # plan reads again, that read costs nothing to take: the reader then hits the
-        # fastest tier instead of waiting on a slower one's read and checksum.
-        return (
-            size <= self.capacity
-            and self._planned_use(key, 0) < NEVER
-            and self._next[self._furthest()] == NEVER
-        )
+        return self._worth_storing(key, size, self._planned_use(key, 1))
 
     def _worth_storing(self, key: Key, size: int, next_use: int) -> bool:
         if size > self.capacity:
