@@ -18,6 +18,9 @@ meter for everybody. ``raw`` is the concurrent origin bandwidth (16 parallel who
 GETs through s3fs), measured in the same run, the yardstick for cold epochs.
 
     python benchmarks/dataloader.py [--size 256MiB] [--only tiercache,local] [--json out.json]
+
+``--origin-mbit 800`` caps the server's bandwidth (``benchmarks/_shaping.py``, root only) so
+that, as with a remote bucket, the origin rather than this machine's CPUs bounds epoch 1.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shaping import capped_origin  # noqa: E402
 
 from tiercache.cache import close_all  # noqa: E402
 from tiercache.cli.demo import demo_config  # noqa: E402
@@ -352,6 +356,25 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_all(args: argparse.Namespace, env: dict[str, Any], names: list[str],
+            results: dict[str, Any]) -> None:  # fmt: skip
+    results["raw_bytes_per_s"] = raw_bandwidth(env["url"], env["options"], env["paths"])
+    print(f"raw concurrent origin bandwidth: {results['raw_bytes_per_s'] / 1e6:,.0f} MB/s",
+          file=sys.stderr)  # fmt: skip
+    for name in names:
+        failures = []
+        for _ in range(3):  # simplecache can serve a partly written file: retry
+            try:
+                results["runs"][name] = run_config(name, args, env)
+                break
+            except Exception as exc:
+                traceback.print_exc()
+                failures.append(f"{type(exc).__name__}: {exc}"[:300])
+                results["runs"][name] = failures[-1]
+        if failures:
+            results.setdefault("failures", {})[name] = failures
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="256MiB")
@@ -373,6 +396,12 @@ def main() -> int:
         type=float,
         default=60.0,
         help="cut an epoch short after this long (a thrashing configuration)",
+    )
+    p.add_argument(
+        "--origin-mbit",
+        type=float,
+        help="cap the S3 server's bandwidth (Mbit/s, tc htb on lo; needs root), as a remote "
+        "bucket's link would be: the origin, not this machine's CPUs, then bounds epoch 1",
     )
     p.add_argument("--only", default=",".join(ALL), help="comma-separated configurations")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
@@ -402,21 +431,14 @@ def main() -> int:
             results["dataset_bytes"] = env["dataset_bytes"]
             results["sample_bytes"] = args.seq_len * args.itemsize
             results["epochs"] = args.epochs
-            results["raw_bytes_per_s"] = raw_bandwidth(env["url"], env["options"], env["paths"])
-            print(f"raw concurrent origin bandwidth: {results['raw_bytes_per_s'] / 1e6:,.0f} MB/s",
-                  file=sys.stderr)  # fmt: skip
-            for name in names:
-                failures = []
-                for _ in range(3):  # simplecache can serve a partly written file: retry
-                    try:
-                        results["runs"][name] = run_config(name, args, env)
-                        break
-                    except Exception as exc:
-                        traceback.print_exc()
-                        failures.append(f"{type(exc).__name__}: {exc}"[:300])
-                        results["runs"][name] = failures[-1]
-                if failures:
-                    results.setdefault("failures", {})[name] = failures
+            port = urllib.parse.urlsplit(server.endpoint).port
+            capped = (
+                capped_origin(port or 80, args.origin_mbit)
+                if args.origin_mbit
+                else contextlib.nullcontext()
+            )
+            with capped:  # the upload above ran uncapped
+                run_all(args, env, names, results)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ok_runs = {k: v for k, v in results["runs"].items() if not isinstance(v, str)}

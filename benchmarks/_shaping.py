@@ -1,0 +1,45 @@
+"""Cap the loopback S3 server's bandwidth, as a remote origin's link would be.
+
+moto on loopback serves as fast as this machine's CPUs let it, and shares them with the
+reader, so a cold epoch against it measures CPU, not the origin. A real bucket is the other
+way round: the link is slower than the page cache and the training loop. This caps only the
+server's answers (packets *from* its port, on ``lo``) with Linux's ``htb`` queueing
+discipline; all other loopback traffic is sent unshaped. It needs ``CAP_NET_ADMIN`` (root)
+and is undone on exit. (This kernel has no ``netem``, so latency is not emulated.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def capped_origin(port: int, rate_mbit: float) -> Iterator[None]:
+    """Cap what the server on ``port`` sends to ``rate_mbit``, for the ``with`` body."""
+    if shutil.which("tc") is None:
+        raise SystemExit("--origin-mbit needs the tc command (Debian: apt-get install iproute2)")
+    try:
+        # No default class: packets no filter matches leave unshaped.
+        _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb")
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(
+            f"could not shape loopback traffic ({exc.stderr.strip()}): --origin-mbit needs "
+            "CAP_NET_ADMIN (root) and no other root qdisc on lo"
+        ) from None
+    try:
+        rate = f"{rate_mbit}mbit"
+        _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
+            "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k")  # fmt: skip
+        _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20")  # fmt: skip
+        yield
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _tc("qdisc", "del", "dev", "lo", "root")
