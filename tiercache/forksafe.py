@@ -19,7 +19,7 @@ class _Gate:
 
     ``with transaction():`` enters the gate itself: a plain class, not a generator-based
     context manager, because it wraps every index look-up and small-object read (two per
-    hit), where a generator frame and a re-entrant lock were a fifth of a 4 KiB hit.
+    hit), where a generator frame and a re-entrant lock were a tenth of a 4 KiB hit.
     """
 
     def __init__(self) -> None:
