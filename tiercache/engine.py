@@ -190,7 +190,8 @@ class Engine:
                 return FetchResult(None, held.data)
         else:
             started = time.time()  # the version was current at some instant after this
-            held = Held(*origin.fetch(path), started)
+            fetched = origin.fetch(path)
+            held = Held(fetched.data, fetched.version, started, fetched.crc32)
         entry = self.admit(key, held, prefetch=prefetch)
         if entry is None:
             self._unstored.put(key, held, read=not prefetch)
@@ -225,7 +226,11 @@ class Engine:
             # The slow part (checksum, write, fsync) runs unlocked, so admissions from
             # concurrent fetches overlap; their bytes are reserved in ``_staging``.
             try:
-                staged: Staged | None = store.stage(blob_id, stored, compressed, len(data))
+                # The origin's check already hashed these bytes: no second pass over them.
+                known = None if compressed else held.crc32
+                staged: Staged | None = store.stage(
+                    blob_id, stored, compressed, len(data), checksum=known
+                )
             except OSError as exc:
                 if not disk_full(exc):
                     with self._lock:

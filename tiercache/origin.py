@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from fsspec import AbstractFileSystem
 
@@ -45,6 +45,19 @@ PERMANENT = (
 
 #: ``call``'s ``what`` -> the ``op`` of the ``origin_<op>_<status>`` request counters.
 _REQUEST_OP = {"read": "get", "info": "head", "listing": "list"}
+
+
+class Fetched(NamedTuple):
+    """A whole object as read: its bytes, their version, and their CRC32 where the origin
+    vouched for one (then already computed, and checked against it)."""
+
+    data: bytes | bytearray  # a bytearray when read by tiercache.s3direct
+    version: str
+    crc32: int | None
+
+
+#: (bytes, the size the origin announced, version, CRC32 if checked): one read's answer.
+_Read = tuple[bytes | bytearray, int | None, str, int | None]
 
 
 class OriginError(OSError):
@@ -209,24 +222,25 @@ class Origin:
         self.counters.add("origin_heads")
         return self.call("info", path, lambda: self._run("info", path))
 
-    def fetch(self, path: str) -> tuple[bytes | bytearray, str]:
+    def fetch(self, path: str) -> Fetched:
         """The whole object and its version; the length must match what the origin said."""
         path = self.strip(path)
         for _ in range(3):
             started = time.perf_counter()
-            data, size, version = self.call("read", path, lambda: self._read_versioned(path))
+            data, size, version, crc32 = self.call("read", path, lambda: self._read_versioned(path))
             self.counters.observe_origin_seconds(time.perf_counter() - started)
             self.counters.add("origin_reads")
             self.counters.add("origin_bytes", len(data))
             if size is None or len(data) == size:
-                return data, version
+                return Fetched(data, version, crc32)
             # Truncated body, or the object changed between HEAD and GET: never admit it.
             self.counters.add("origin_errors")
             log.warning("%s: got %d bytes, origin said %s; re-reading", path, len(data), size)
         raise OriginChangedError(f"{self.protocol}://{path}: size kept changing while reading")
 
-    def _read_versioned(self, path: str) -> tuple[bytes | bytearray, int | None, str]:
-        """(bytes, the size the origin announced, version) in as few requests as possible."""
+    def _read_versioned(self, path: str) -> _Read:
+        """(bytes, the size the origin announced, version, their CRC32 if checked) in as few
+        requests as possible."""
         if _is_s3(self.fs):
             direct = self.direct
             if direct is not None:
@@ -244,7 +258,7 @@ class Origin:
         info = self._run("info", path)
         if info.get("type") == "directory":
             raise IsADirectoryError(f"{self.protocol}://{path} is a directory")
-        return self._run("cat_file", path), info.get("size"), object_version(info)
+        return self._run("cat_file", path), info.get("size"), object_version(info), None
 
     def fetch_range(self, path: str, start: int, end: int) -> bytes:
         path = self.strip(path)
@@ -386,7 +400,7 @@ def _direct_getter(fs: AbstractFileSystem, config: OriginConfig) -> DirectGetter
         return None
 
 
-def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, int | None, str]:
+def _s3_get(fs: Any, path: str, timeout: float | None = None) -> _Read:
     """One GET whose response carries the ETag and length of exactly the bytes it returns.
 
     s3fs's ``cat_file`` would HEAD first and cannot tell us which version it read; the
@@ -416,13 +430,11 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> tuple[bytes, in
     body, resp = sync(fs.loop, get, timeout=timeout)
     size = resp.get("ContentLength")
     etag = str(resp.get("ETag", "")).strip(chr(34))
-    _check_body(f"s3://{path}", body, etag, resp)
-    return body, size, f"{size}:{etag}"
+    crc32 = _check_body(f"s3://{path}", body, etag, resp)
+    return body, size, f"{size}:{etag}", crc32
 
 
-def _direct_get(
-    direct: DirectGetter, path: str, timeout: float | None
-) -> tuple[bytearray, int | None, str]:
+def _direct_get(direct: DirectGetter, path: str, timeout: float | None) -> _Read:
     """:func:`_s3_get` through :mod:`tiercache.s3direct`; the same checks, the same answer."""
     bucket, key, version_id = direct.fs.split_path(path)
     if not key:
@@ -430,12 +442,12 @@ def _direct_get(
     resp = direct.get(bucket, key, version_id, timeout)
     size = resp.headers["ContentLength"]
     etag = str(resp.headers["ETag"]).strip(chr(34))
-    _check_body(f"s3://{path}", resp.body, etag, resp.headers)
-    return resp.body, size, f"{size}:{etag}"
+    crc32 = _check_body(f"s3://{path}", resp.body, etag, resp.headers)
+    return resp.body, size, f"{size}:{etag}", crc32
 
 
-def _check_body(url: str, body: bytes | bytearray, etag: str, resp: dict[str, Any]) -> None:
-    """Raise if ``body`` is not the object the response describes.
+def _check_body(url: str, body: bytes | bytearray, etag: str, resp: dict[str, Any]) -> int | None:
+    """Raise if ``body`` is not the object the response describes; its CRC32 if checked.
 
     Where S3 keeps a whole-object CRC32 (``x-amz-checksum-crc32``: objects uploaded with one,
     which current SDKs send by default), that is checked: crc32 runs at about 6 GB/s, MD5 at
@@ -443,6 +455,9 @@ def _check_body(url: str, body: bytes | bytearray, etag: str, resp: dict[str, An
     ETag is checked where it is the body's MD5: exactly 32 hex digits, which multipart ETags
     (a ``-<parts>`` suffix) and SSE-KMS or SSE-C objects are not; those are left to
     botocore's own ``x-amz-checksum-*`` validation and the length check.
+
+    The CRC32 returned is zlib's, the checksum tiers keep: the engine stores the body with
+    it rather than hashing the same bytes a second time.
     """
     crc = str(resp.get("ChecksumCRC32") or "")
     if crc and "-" not in crc and resp.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
@@ -453,15 +468,16 @@ def _check_body(url: str, body: bytes | bytearray, etag: str, resp: dict[str, An
                 f"{url}: body of {len(body)} bytes has CRC32 {actual:08x}, the origin's "
                 f"x-amz-checksum-crc32 says {expected:08x}"
             )
-        return
+        return actual
     if len(etag) != 32 or any(c not in "0123456789abcdef" for c in etag.lower()):
-        return
+        return None
     if str(resp.get("ServerSideEncryption", "")).startswith("aws:kms"):
-        return
+        return None
     if resp.get("SSECustomerAlgorithm"):
-        return
+        return None
     digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
     if digest != etag.lower():
         raise OriginIntegrityError(
             f"{url}: body of {len(body)} bytes has MD5 {digest}, the origin's ETag says {etag}"
         )
+    return None

@@ -13,6 +13,7 @@ class Held(NamedTuple):
     data: bytes | bytearray  # a bytearray when read by tiercache.s3direct
     version: str
     fetched_at: float
+    crc32: int | None = None  # of ``data``, when the origin's read computed it
 
 
 class Unstored:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,35 @@ def test_corrupted_blob_is_a_miss_and_a_repair(
     assert fs.cat_file(f"{bucket}/c.bin") == body
     assert len(s3_server.requests("GET", "c.bin")) == 1  # and served from the cache again
     fs.cache.engine.check()
+
+
+@pytest.mark.parametrize("tier", ["ram", "ssd"])
+def test_a_fetch_hashes_its_bytes_once_and_stores_that_checksum(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, tier: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """S3 vouches for the body with its CRC32; the engine checks the body against it and
+    stores the blob with that same checksum, rather than hashing the bytes again."""
+    body = os.urandom(MiB)
+    put_objects(s3_server, bucket, {"once.bin": body})  # boto3 uploads with a CRC32
+    fs = fs_for(cache_dirs, s3_server, admission={"tier": tier})
+    real_crc32 = zlib.crc32
+    passes = []
+
+    def counting_crc32(data: Any, value: int = 0) -> int:
+        if len(data) == len(body):
+            passes.append(1)
+        return real_crc32(data, value)
+
+    monkeypatch.setattr(zlib, "crc32", counting_crc32)
+    assert fs.cat_file(f"{bucket}/once.bin") == body
+    assert len(passes) == 1
+    monkeypatch.undo()
+    entry = fs.cache.index.get(f"s3://{bucket}/once.bin")
+    assert entry is not None and entry.tier == (0 if tier == "ram" else 1)
+    assert entry.blob.checksum == zlib.crc32(body)
+    fs.cache.stores[entry.tier]._maps.clear()  # read the blob afresh: verified, and intact
+    assert fs.cache.stores[entry.tier].get(entry.blob_id, entry.blob) == body
 
 
 def test_truncated_blob_is_repaired(

@@ -128,10 +128,21 @@ class TierStore:
         """Store bytes already passed through :meth:`encode` (``size`` is the logical size)."""
         return self.publish(self.stage(blob_id, stored, compressed, size))
 
-    def stage(self, blob_id: str, stored: Buffer, compressed: bool, size: int) -> Staged:
+    def stage(
+        self,
+        blob_id: str,
+        stored: Buffer,
+        compressed: bool,
+        size: int,
+        checksum: int | None = None,
+    ) -> Staged:
         """The slow half of a write, safe to run outside any lock: checksum, and for a file
-        blob, write it under a temporary name and fsync it. Nothing is visible yet."""
-        checksum = zlib.crc32(stored)
+        blob, write it under a temporary name and fsync it. Nothing is visible yet.
+
+        ``checksum`` is ``stored``'s CRC32 when the caller has it already (the origin's
+        read checked the same bytes against it); otherwise it is computed here."""
+        if checksum is None:
+            checksum = zlib.crc32(stored)
         if size <= self.config.small_object_bytes:
             meta = BlobMeta(len(stored), checksum, compressed, small=True)
             return Staged(blob_id, meta, stored=stored)
