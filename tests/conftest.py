@@ -6,10 +6,14 @@ path a user's code takes against real S3. moto's request recorder counts what re
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -27,6 +31,50 @@ os.environ.setdefault(
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+# pytest-timeout prints the stacks of the test's own process only. Forked children (DataLoader
+# workers) inherit this handler: sent SIGUSR1, they print every thread's stack to the test's
+# captured stderr, so a hung worker shows where it hangs.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+#: Seconds after which a still-running test has its forked children print their stacks;
+#: pytest-timeout (pyproject.toml) stops it at 300.
+_DUMP_CHILDREN_AFTER = 240.0
+
+
+def _forked_children() -> list[int]:
+    """Child processes of this one that run its command line (forks, not moto or spawns)."""
+    me = os.getpid()
+    with open("/proc/self/cmdline", "rb") as f:
+        cmdline = f.read()
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                same = f.read() == cmdline
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and same:
+            children.append(int(entry))
+    return children
+
+
+@pytest.fixture(autouse=True)
+def _stacks_of_hung_children() -> Iterator[None]:
+    def dump() -> None:
+        for pid in _forked_children():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)
+
+    timer = threading.Timer(_DUMP_CHILDREN_AFTER, dump)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 @dataclass

@@ -86,7 +86,8 @@ class EngineServer:
         self._draining = False
         self._busy = 0  # requests being handled right now
         self._idle = threading.Condition()
-        threading.Thread(target=self._accept, name="tiercache-engine", daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, name="tiercache-engine", daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -136,18 +137,24 @@ class EngineServer:
                 return None
             return {"status": "error", "type": type(exc).__name__, "message": str(exc)}, b""
 
+    def _stop_listening(self) -> None:
+        """No new connections. ``shutdown`` first: closing a listening socket does not wake
+        a thread blocked in ``accept`` on Linux, which would then outlive the server."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
     def drain(self, timeout: float = 30.0) -> None:
         """Stop taking requests and wait (up to ``timeout``) for those being handled."""
-        with contextlib.suppress(OSError):
-            self.sock.close()  # no new connections
+        self._stop_listening()
         with self._idle:
             self._draining = True
             self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def close(self) -> None:
         self._closed = True
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        self._stop_listening()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

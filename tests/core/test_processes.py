@@ -91,6 +91,23 @@ def test_a_reader_process_pings_the_engine_once_not_per_request(
     assert ops["ping"] == 1
 
 
+def test_a_closed_engine_leaves_no_thread_behind(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """Closing a cache stops its engine's accept thread (on Linux, closing a listening
+    socket alone does not wake a thread blocked in accept)."""
+    put_objects(s3_server, bucket, {"t": b"x"})
+    fs = TierCacheFileSystem(
+        config=make_config(cache_dirs), target_protocol="s3", target_options=s3_server.options
+    )
+    fs.cat_file(f"{bucket}/t")
+    server = fs.cache._server
+    assert server is not None and server._acceptor.is_alive()
+    fs.cache.close()
+    server._acceptor.join(5)
+    assert not server._acceptor.is_alive()
+
+
 def test_forked_child_reads_through_parent_engine(
     cache_dirs: dict[str, Path], s3_server: S3, bucket: str
 ) -> None:
