@@ -76,6 +76,7 @@ class EngineServer:
     ) -> None:
         self.path = path
         self.handle = handle
+        self._pid = os.getpid()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a dead engine's socket; we hold the engine lock, so nobody serves it
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -137,13 +138,20 @@ class EngineServer:
                 return None
             return {"status": "error", "type": type(exc).__name__, "message": str(exc)}, b""
 
-    def _stop_listening(self) -> None:
+    def _stop_listening(self) -> bool:
         """No new connections. ``shutdown`` first: closing a listening socket does not wake
-        a thread blocked in ``accept`` on Linux, which would then outlive the server."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+        a thread blocked in ``accept`` on Linux, which would then outlive the server.
+
+        In a forked child, which shares the socket, only the child's descriptor is closed:
+        a shutdown (or unlinking the path) there would silence the parent's engine. Returns
+        whether this process owns the server."""
+        owner = os.getpid() == self._pid
+        if owner:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.sock.close()
+        return owner
 
     def drain(self, timeout: float = 30.0) -> None:
         """Stop taking requests and wait (up to ``timeout``) for those being handled."""
@@ -154,9 +162,9 @@ class EngineServer:
 
     def close(self) -> None:
         self._closed = True
-        self._stop_listening()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._stop_listening():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 class EngineLink:

@@ -108,6 +108,26 @@ def test_a_closed_engine_leaves_no_thread_behind(
     assert not server._acceptor.is_alive()
 
 
+def test_a_forked_child_closing_its_copy_of_the_engine_server_leaves_it_serving(
+    tmp_path: Path,
+) -> None:
+    """A child inherits the listening socket; closing its copy (at its exit, say) must not
+    shut the socket down or remove its path under the parent."""
+    from tiercache.ipc import EngineLink, EngineServer
+
+    server = EngineServer(tmp_path / "engine.sock", lambda header, payload: ({"pong": 1}, b""))
+    try:
+        pid = os.fork()
+        if pid == 0:
+            server.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        reply, _ = EngineLink(tmp_path / "engine.sock").request({"op": "ping"})
+        assert reply == {"pong": 1}
+    finally:
+        server.close()
+
+
 def test_forked_child_reads_through_parent_engine(
     cache_dirs: dict[str, Path], s3_server: S3, bucket: str
 ) -> None:
