@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -373,6 +375,23 @@ def run_all(args: argparse.Namespace, env: dict[str, Any], names: list[str],
                 results["runs"][name] = failures[-1]
         if failures:
             results.setdefault("failures", {})[name] = failures
+        _settle()
+
+
+def _settle() -> None:
+    """Let nothing of one configuration run into the next one's clock.
+
+    A loader that failed stays referenced from its traceback until the garbage collector
+    runs, and its worker processes go on reading meanwhile: after simplecache's failure
+    both of its workers were still running while the next configuration's first epoch was
+    timed.
+    """
+    gc.collect()
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+        if child.is_alive():
+            child.terminate()
+            child.join(timeout=5)
 
 
 def main() -> int:
