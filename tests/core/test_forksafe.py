@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 from tiercache.forksafe import transaction
 
@@ -45,3 +47,47 @@ def test_transactions_run_concurrently_outside_forks() -> None:
     for t in threads:
         t.join()
     assert not inside.broken
+
+
+def test_a_fork_waits_out_a_write_that_nests_another_transaction(tmp_path: Path) -> None:
+    """An index write that demotes a small object opens a second transaction inside the
+    first. If that inner one waited for the pending fork, the fork would go ahead (after
+    its timeout) with the write open, and the child would hang for good closing the
+    environment it inherited (LMDB waits there for the writer thread it does not have)."""
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "x.lmdb"), subdir=False, map_size=1 << 24)
+    inside, fork_pending = threading.Event(), threading.Event()
+
+    def write_and_nest() -> None:
+        with transaction():
+            txn = env.begin(write=True)
+            txn.put(b"k", b"v")
+            inside.set()
+            fork_pending.wait(5)
+            time.sleep(0.2)  # the forking thread is waiting for us by now
+            with transaction():  # the nested one: must not wait for the fork
+                pass
+            txn.commit()
+
+    writer = threading.Thread(target=write_and_nest)
+    writer.start()
+    inside.wait(5)
+    fork_pending.set()
+    pid = os.fork()
+    if pid == 0:
+        env.close()  # hangs if the parent's write transaction was copied open
+        os._exit(0)
+    writer.join()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child hung closing the environment it inherited")
+    env.close()
