@@ -428,10 +428,7 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> _Read:
 
     # Hash here, not in the coroutine: the event loop serves every other fetch meanwhile.
     body, resp = sync(fs.loop, get, timeout=timeout)
-    size = resp.get("ContentLength")
-    etag = str(resp.get("ETag", "")).strip(chr(34))
-    crc32 = _check_body(f"s3://{path}", body, etag, resp)
-    return body, size, f"{size}:{etag}", crc32
+    return _checked(path, body, resp)
 
 
 def _direct_get(direct: DirectGetter, path: str, timeout: float | None) -> _Read:
@@ -440,10 +437,15 @@ def _direct_get(direct: DirectGetter, path: str, timeout: float | None) -> _Read
     if not key:
         raise IsADirectoryError(f"s3://{path} is a bucket, not an object")
     resp = direct.get(bucket, key, version_id, timeout)
-    size = resp.headers["ContentLength"]
-    etag = str(resp.headers["ETag"]).strip(chr(34))
-    crc32 = _check_body(f"s3://{path}", resp.body, etag, resp.headers)
-    return resp.body, size, f"{size}:{etag}", crc32
+    return _checked(path, resp.body, resp.headers)
+
+
+def _checked(path: str, body: bytes | bytearray, resp: dict[str, Any]) -> _Read:
+    """One GET's answer (``resp``: its headers as botocore names them), its body checked."""
+    size = resp.get("ContentLength")
+    etag = str(resp.get("ETag", "")).strip(chr(34))
+    crc32 = _check_body(f"s3://{path}", body, etag, resp)
+    return body, size, f"{size}:{etag}", crc32
 
 
 def _check_body(url: str, body: bytes | bytearray, etag: str, resp: dict[str, Any]) -> int | None:

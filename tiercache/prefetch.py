@@ -21,12 +21,12 @@ class Prefetcher:
 
     The budget counts bytes fetched ahead and not yet read, and the fetches in flight (at
     the size of the last object fetched, or of the plan's first object in a listing this
-    process holds; a GET tells no size before it answers); reading a
-    prefetched key gives its bytes back. Keys already cached are skipped, so only what is
-    missing is fetched. Counting fetches in flight matters where no tier takes prefetched
-    objects: the engine then holds them in memory for their readers, in a hold twice the
-    budget, and the other half of that hold is what keeps an object just read for its
-    other readers (the other DataLoader workers reading samples of the same shard).
+    process holds; a GET tells no size before it answers); reading a prefetched key gives
+    its bytes back. Keys already cached are skipped, so only what is missing is fetched.
+    Counting fetches in flight matters where no tier takes prefetched objects: the engine
+    then holds them in memory for their readers, in a hold twice the budget, and the other
+    half of that hold is what keeps an object just read for its other readers (the other
+    DataLoader workers reading samples of the same shard).
     """
 
     def __init__(self, engine: Engine) -> None:
