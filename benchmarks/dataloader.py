@@ -373,9 +373,10 @@ def run_all(args: argparse.Namespace, env: dict[str, Any], names: list[str],
                 traceback.print_exc()
                 failures.append(f"{type(exc).__name__}: {exc}"[:300])
                 results["runs"][name] = failures[-1]
+            finally:
+                _settle()  # before a retry too, not only before the next configuration
         if failures:
             results.setdefault("failures", {})[name] = failures
-        _settle()
 
 
 def _settle() -> None:
