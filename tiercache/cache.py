@@ -35,6 +35,7 @@ from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
 from .origin import Origin, OriginError
 from .security import ensure_private_dir
+from .service import live_service
 from .tiers.store import Buffer, CorruptBlobError, TierStore
 
 log = logging.getLogger("tiercache")
@@ -75,7 +76,9 @@ class Cache:
         self._server: EngineServer | None = None
         self._lock_fd = -1
         self._link = EngineLink(config.index_path / "engine.sock")
-        self._elect_lock = threading.Lock()
+        self._elect_lock = threading.RLock()
+        #: Set by ``tiercache engine``: this process is the node's engine service.
+        self.is_service = False
         self._access: list[list[Any]] = []
         self._access_since = time.monotonic()
         self._access_lock = threading.Lock()
@@ -287,31 +290,82 @@ class Cache:
         """Become the engine if nobody holds the lock; otherwise wait until one answers.
 
         Waiting keeps trying the lock too: an engine that hands over (exits, drains, dies)
-        releases it, and one of the waiting processes must pick it up.
+        releases it, and one of the waiting processes must pick it up. While a live engine
+        service is announced (``tiercache engine``, see ``service.py``), the lock is left
+        to it: clients wait for its socket instead.
         """
-        lock_path = self.config.index_path / "engine.lock"
         deadline = time.monotonic() + timeout
         with self._elect_lock:
             while self._engine is None:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    with contextlib.suppress(EngineUnavailable):
-                        self._link.request({"op": "ping"})
+                service = live_service(self.config.index_path)
+                if service is None:
+                    fd = _try_lock(self.config.index_path / "engine.lock")
+                    if fd is not None:
+                        self._become_engine(fd)
                         return
-                    if time.monotonic() > deadline:
-                        raise EngineUnavailable(
-                            f"no engine answered for {self.config.index_path} in {timeout:.0f} s"
-                        ) from None
-                    time.sleep(0.02)
-                    continue
-                os.set_inheritable(fd, False)
-                self._lock_fd = fd
-                self._engine = Engine(self.config, self.index, self.stores, self.counters)
-                self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
-                log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
+                with contextlib.suppress(EngineUnavailable):
+                    self._link.request({"op": "ping"})
+                    return
+                if time.monotonic() > deadline:
+                    who = f"the engine service (pid {service})" if service else "no engine"
+                    raise EngineUnavailable(
+                        f"{who} answered for {self.config.index_path} in {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.02)
+
+    def take_over(self, timeout: float = 60.0) -> None:
+        """Become the engine even if another process is it now (``tiercache engine``).
+
+        An embedded engine is asked to hand over: it finishes the requests it is serving,
+        releases the lock and carries on as a client. Raises EngineUnavailable if the lock
+        is not free within ``timeout`` (the holder refused, or hangs).
+        """
+        deadline = time.monotonic() + timeout
+        lock_path = self.config.index_path / "engine.lock"
+        refusal = ""
+        with self._elect_lock:
+            while self._engine is None:
+                fd = _try_lock(lock_path)
+                if fd is not None:
+                    self._become_engine(fd)
+                    return
+                if not refusal:
+                    with contextlib.suppress(EngineUnavailable):
+                        reply, _ = self._link.request({"op": "handover"})
+                        if reply.get("status") == "error":
+                            refusal = reply.get("message", "refused")
+                    self._link.reset()
+                if time.monotonic() > deadline:
+                    why = f": {refusal}" if refusal else ""
+                    raise EngineUnavailable(
+                        f"the engine of {self.config.index_path} did not hand over in "
+                        f"{timeout:.0f} s{why}"
+                    )
+                time.sleep(0.05)
+
+    def _become_engine(self, lock_fd: int) -> None:
+        os.set_inheritable(lock_fd, False)
+        self._lock_fd = lock_fd
+        self._engine = Engine(self.config, self.index, self.stores, self.counters)
+        self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
+        log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
+
+    def _resign(self, wait: bool = True) -> None:
+        """Stop being the engine: requests being served finish, new ones are turned away
+        (clients wait for the next engine), then the lock is released. This process stays
+        a client of whoever takes over. ``wait``: let this process's own fetches in
+        flight finish first (a hand-over; at exit they are simply abandoned)."""
+        if self._server is not None:
+            self._server.drain()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close(wait=wait)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def engine_call(
         self, op: str, _payload: bytes = b"", _oneway: bool = False, **fields: Any
@@ -350,6 +404,13 @@ class Cache:
         op = header["op"]
         if op == "ping":
             return {"status": "ok", "pid": os.getpid()}, b""
+        if op == "handover":
+            if self.is_service:
+                raise RuntimeError(
+                    f"the engine service (pid {os.getpid()}) does not hand over; stop it first"
+                )
+            threading.Thread(target=self._resign, name="tiercache-handover", daemon=True).start()
+            return {"status": "ok"}, b""
         if op == "access":
             for blob_id, tier, size in header["records"]:
                 engine.record_access(blob_id, tier, size)
@@ -389,26 +450,16 @@ class Cache:
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         """Hand the engine over (if this process runs it) and release handles.
 
         Requests already being served finish first: new ones are turned away, clients wait
         for the lock, and the first to get it becomes the next engine. Nothing in flight is
-        lost or read twice.
+        lost or read twice. ``wait``: this process's own fetches in flight finish too.
         """
         _LIVE.discard(self)  # a closed cache is not reopened in forked children
         self.flush_access()
-        if self._server is not None:
-            self._server.drain()
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._resign(wait=wait)
         self._link.reset()
 
     def _after_fork(self) -> None:
@@ -435,6 +486,17 @@ class Cache:
     @property
     def engine(self) -> Engine | None:
         return self._local_engine()
+
+
+def _try_lock(path: Path) -> int | None:
+    """An exclusive flock on ``path``: its descriptor, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _version_of(origin: Origin, path: str) -> str:

@@ -627,9 +627,15 @@ class Engine:
     def submit(self, fn: Callable[..., object], *args: object) -> Future[object]:
         return self._pool.submit(fn, *args)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Stop the background work. ``wait``: first let fetches in flight finish (up to
+        30 s), so that a hand-over leaves no write of this engine landing after the next
+        engine has read the index."""
         self._stop.set()
         self._prefetch.stop()
+        deadline = time.monotonic() + 30
+        while wait and self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._housekeeper.join(timeout=5)
         with contextlib.suppress(Exception):
             self._flush_touched()
