@@ -258,15 +258,20 @@ class Cache:
                 self.engine_call("access", _oneway=True, records=records)
 
     # -- hints and warm-up ------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
+    def hint(self, origin: Origin, paths: Sequence[str], stream: str = "") -> None:
+        """This process's upcoming reads (``stream`` tells apart several plans of one
+        process); the engine merges them with every other reader's on the node."""
         stripped = [origin.strip(p) for p in paths]
         engine = self._local_engine()
+        name = f"{os.getpid()}:{stream}"
         if engine is not None:
-            engine.hint(origin, stripped)
+            engine.hint(origin, stripped, (os.getpid(), name))
         else:
             if origin.pickled is None:
                 origin.pickled = dump_origin(origin.fs)
-            self.engine_call("hint", _oneway=True, _payload=origin.pickled, paths=stripped)
+            self.engine_call(
+                "hint", _oneway=True, _payload=origin.pickled, paths=stripped, stream=name
+            )
 
     # -- the engine: here, or reached over the socket -------------------------------------------
     def _local_engine(self) -> Engine | None:
@@ -424,7 +429,10 @@ class Cache:
             return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
         origin = self._origin_from(payload)
         if op == "hint":
-            engine.hint(origin, header["paths"])
+            # The sender's pid as this process sees it (0 across pid namespaces): the stream
+            # stops counting when that process dies.
+            stream = (int(header.get("peer_pid", 0)), str(header.get("stream", "")))
+            engine.hint(origin, header["paths"], stream)
             return None
         if op == "fetch":
             result = engine.fetch(origin, header["path"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -40,7 +41,9 @@ from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
 from .origin import Origin
+from .plan import NodePlan, PlannedRead, StreamId, planned_reads
 from .prefetch import Prefetcher
+from .service import pid_alive
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 
@@ -85,6 +88,7 @@ class Engine:
         #: a failed or killed commit must leave every committed entry's blob in place).
         self._pending: list[tuple[int, Entry]] = []
         self._prefetch = Prefetcher(self)
+        self._plan = NodePlan()
         # Room for what prefetch holds ahead plus as much again for readers of recent misses.
         self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
@@ -172,7 +176,7 @@ class Engine:
             with self._inflight_lock:
                 del self._inflight[key]
             if not prefetch:
-                self._prefetch.consumed(blob_id_for(key))
+                self._consumed(blob_id_for(key))
 
     def _fetch_and_place(self, origin: Origin, path: str, key: str, prefetch: bool) -> FetchResult:
         current = self.index.get(key)
@@ -549,7 +553,7 @@ class Engine:
                     self._promote_queue.append(blob_id)
                 else:
                     self._promotion_hits[blob_id] = hits
-        self._prefetch.consumed(blob_id)
+        self._consumed(blob_id)
 
     def promote(self, blob_id: str) -> bool:
         """Move an entry one tier up (copy, commit, delete the old blob)."""
@@ -579,23 +583,39 @@ class Engine:
             return True
 
     # -- hints ------------------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
-        """The consumer's upcoming reads, in order: prefetch them and tell the policies."""
-        keys = [origin.key(p) for p in paths]
-        blob_ids = [blob_id_for(k) for k in keys]
+    def hint(self, origin: Origin, paths: Sequence[str], stream: StreamId | None = None) -> None:
+        """One reader's upcoming reads, in order: merged into the node's plan, which drives
+        prefetch and the clairvoyant policies. ``stream`` says whose they are (process id
+        and label; default: this process): a new hint replaces that stream's plan only."""
+        reads = planned_reads(origin, list(paths))
+        self._follow(self._plan.update(stream or (os.getpid(), ""), reads))
+
+    def _follow(self, merged: list[PlannedRead]) -> None:
+        """Point the policies and the prefetcher at the node's (new) merged plan."""
+        blob_ids = [r.blob_id for r in merged]
         with self._lock:
             for policy in self.policies:
                 policy.hint(blob_ids)
-        self._prefetch.plan(origin, list(paths), keys)
+        self._prefetch.plan(merged)
+
+    def _consumed(self, blob_id: str) -> None:
+        """A read of ``blob_id`` happened on the node: the plan and prefetch move on."""
+        self._plan.consumed(blob_id)
+        self._prefetch.consumed(blob_id)
 
     # -- background -------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        last_flush = last_fold = time.monotonic()
+        last_flush = last_fold = last_streams = time.monotonic()
         while not self._stop.wait(0.2):
             try:
                 while self._promote_queue:
                     self.promote(self._promote_queue.popleft())
                 now = time.monotonic()
+                if now - last_streams > 2:
+                    merged = self._plan.drop(pid_alive)  # readers that died stop counting
+                    if merged is not None:
+                        self._follow(merged)
+                    last_streams = now
                 if now - last_flush > 5:
                     self._flush_touched()
                     last_flush = now

@@ -167,10 +167,14 @@ class TierCacheFileSystem(ChainedFileSystem):
     rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse
 
     # -- cache control ----------------------------------------------------------------------------
-    def hint(self, paths: Sequence[str]) -> None:
+    def hint(self, paths: Sequence[str], stream: str = "") -> None:
         """Tell the cache the order of upcoming reads: it prefetches them, and clairvoyant
-        eviction (``belady``) plans with them."""
-        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths])
+        eviction (``belady``) plans with them.
+
+        Every process's hints merge into the node's plan; a new hint replaces only this
+        process's earlier one with the same ``stream`` label (use one label per dataset
+        when a process reads several)."""
+        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths], stream)
 
     def warm(
         self,
