@@ -76,7 +76,9 @@ class TierCacheFileSystem(ChainedFileSystem):
     def origin(self) -> Origin:
         """The origin, re-created in a forked child: async filesystems (s3fs) cannot cross a
         fork, their event loop thread stays behind in the parent."""
-        if self._pid != os.getpid():
+        # Not fsspec's ``_pid``: fsspec resets that class attribute in the child as soon as
+        # any filesystem is made there, so it cannot tell this instance crossed a fork.
+        if self._forks != cache_module.FORKS:
             self.fs = pickle.loads(pickle.dumps(self.fs))
             self._origin = self.cache.origin_for(self.fs)
             self._forks = cache_module.FORKS

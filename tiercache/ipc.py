@@ -11,6 +11,7 @@ Requests (``op``):
 * ``access`` {records: [[blob_id, tier, size], ...]}   one way, batched
 * ``hint``   {paths, stream} + pickled origin           one way
 * ``invalidate`` {key}                -> {status: "ok"}
+* ``validate`` {path} + pickled origin -> {status: "ok", fresh}: one HEAD for the node
 * ``ping``                            -> {status: "ok", pid}
 * ``handover``                        -> {status: "ok"}: an embedded engine steps down
 
