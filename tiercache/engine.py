@@ -46,6 +46,7 @@ from .origin import Origin, OriginError, object_version
 from .plan import NodePlan, PlannedRead, StreamId, planned_reads
 from .prefetch import Prefetcher
 from .service import pid_alive
+from .startup import start_up
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 from .verified import VerifiedTable
@@ -105,63 +106,54 @@ class Engine:
         self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
-        self.reconciled_at_start = self.rebuild()
+        self.reconciled_at_start: dict[str, int] = {}
+        self._replay_cancelled = False
+        self._unreplayed = [0] * len(config.tiers)
+        self._hold_unreplayed()
+        self._started = threading.Event()
+        threading.Thread(target=self._start_up, name="tiercache-startup", daemon=True).start()
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
         self._housekeeper.start()
 
     # -- start-up -----------------------------------------------------------------------------
-    def rebuild(self) -> dict[str, int]:
-        """Reconcile index and tiers after a crash or takeover; refill policy state.
+    def _start_up(self) -> None:
+        try:
+            self.reconciled_at_start = start_up(self)
+        except Exception:  # the engine serves on; the next start reconciles again
+            log.exception("reconciling the cache at start failed")
+        finally:
+            self._started.set()
 
-        Entries are replayed oldest access first, so recency-based policies resume in the
-        order they would have had.
-        """
-        report = {"orphan_blobs": 0, "dangling_entries": 0, "temporaries": 0, "evicted": 0}
-        present: list[dict[str, int]] = []
-        small: list[set[str]] = []
-        for store in self.stores:
-            report["temporaries"] += store.sweep_temporaries()
-            present.append(store.blob_files())
-            small.append(store.small_ids())
-        entries = sorted(self.index, key=lambda e: e.last_access)
-        referenced: list[set[str]] = [set() for _ in self.stores]
-        with self._lock, self.index.write() as w:
-            for policy in self.policies:
-                for key in list(policy.resident()):
-                    policy.remove(key)
-            for entry in entries:
-                if entry.tier >= len(self.stores):
-                    w.delete(entry.blob_id)
-                    report["dangling_entries"] += 1
-                    continue
-                where = small[entry.tier] if entry.blob.small else present[entry.tier]
-                ok = entry.blob_id in where
-                if ok and not entry.blob.small:
-                    ok = present[entry.tier][entry.blob_id] == entry.blob.stored_size
-                if not ok:
-                    w.delete(entry.blob_id)
-                    report["dangling_entries"] += 1
-                    continue
-                referenced[entry.tier].add(entry.blob_id)
-                # The capacity may have shrunk since the last run, or the last engine
-                # stopped with demotions queued: what does not fit moves down (or goes).
-                victims = self.policies[entry.tier].insert(entry.blob_id, entry.blob.stored_size)
-                for tier, old in self._evict(w, entry.tier, victims):
-                    self.stores[tier].delete(old.blob_id, old.blob)
-                    referenced[tier].discard(old.blob_id)
-                    report["evicted"] += 1
-        for tier, store in enumerate(self.stores):
-            for blob_id in present[tier].keys() - referenced[tier]:
-                store.delete(blob_id, BlobMeta(0, 0, False, False))
-                report["orphan_blobs"] += 1
-            for blob_id in small[tier] - referenced[tier]:
-                store.delete(blob_id, BlobMeta(0, 0, False, True))
-                report["orphan_blobs"] += 1
-        if any(report.values()):
-            log.info("reconciled cache at start: %s", report)
-        return report
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until start-up (policy replay and reconciliation) is done."""
+        return self._started.wait(timeout)
+
+    def rebuild(self) -> dict[str, int]:
+        """Replay and reconcile now, from scratch (``verify --repair``)."""
+        self.wait_started()
+        with self._lock:
+            self._hold_unreplayed()
+            return start_up(self)
+
+    def _hold_unreplayed(self) -> None:
+        """Empty the policies; the index's bytes count against each tier as unreplayed
+        until the replay has fed every entry back."""
+        totals = self.index.totals()
+        self._unreplayed = [totals[t.name]["used_bytes"] for t in self.config.tiers]
+        #: Bytes a tier holds beyond its capacity (it shrank, or the last engine stopped
+        #: with demotions queued): the replay moves that many of its oldest entries down.
+        self._excess = [
+            max(0, held - t.capacity)
+            for held, t in zip(self._unreplayed, self.config.tiers, strict=True)
+        ]
+        for policy, tier, held in zip(
+            self.policies, self.config.tiers, self._unreplayed, strict=True
+        ):
+            for key in list(policy.resident()):
+                policy.remove(key)
+            policy.capacity = max(0, tier.capacity - held)
 
     # -- misses ---------------------------------------------------------------------------------
     def fetch(self, origin: Origin, path: str, *, prefetch: bool = False) -> FetchResult:
@@ -373,7 +365,13 @@ class Engine:
         store, policy = self.stores[tier], self.policies[tier]
         room = store.free_bytes() + written - store.config.min_free
         # Bytes other admissions are still writing are spoken for.
-        budget = min(store.config.capacity - self._staging[tier], policy.used + max(0, room))
+        budget = max(
+            0,
+            min(
+                store.config.capacity - self._staging[tier] - self._unreplayed[tier],
+                policy.used + max(0, room),
+            ),
+        )
         policy.capacity = budget
         return size <= budget
 
@@ -498,8 +496,11 @@ class Engine:
     def _resync_from_index(self) -> None:
         """Replay the committed index into fresh policies; delete blob files it does not
         name (written for a commit that failed). Writes nothing to the index."""
+        self._replay_cancelled = True  # this replays everything; start-up need not
+        self._unreplayed = [0] * len(self.stores)
         entries = sorted(self.index, key=lambda e: e.last_access)
         for tier, policy in enumerate(self.policies):
+            policy.capacity = self.config.tiers[tier].capacity
             for key in list(policy.resident()):
                 policy.remove(key)
             mine = [e for e in entries if e.tier == tier]
@@ -561,6 +562,7 @@ class Engine:
         bad: list[Entry] = []
         sums = {name: {"entries": 0, "used_bytes": 0} for name in self.config.tier_names}
         files_on_disk = {}
+        self.wait_started()
         self._mover.drain()
         # A consistent picture under the lock (the index, its totals, the files on disk and
         # the policies); the slow part, hashing every blob, runs after, unlocked.
@@ -774,6 +776,7 @@ class Engine:
     def check(self) -> None:
         """Policy invariants, and policy state agreeing with the index (tests, verify):
         after the queued moves are done, when both must agree exactly."""
+        self.wait_started()
         self._mover.drain()
         with self._lock:
             totals = self.index.totals()

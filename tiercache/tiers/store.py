@@ -369,9 +369,31 @@ class TierStore:
                     found[entry.name] = entry.stat(follow_symlinks=False).st_size
         return found
 
-    def small_ids(self) -> set[str]:
+    def small_ids(self, prefix: str = "") -> set[str]:
+        """Ids of the small blobs stored (those starting with ``prefix``)."""
+        start = prefix.encode()
+        found = set()
         with transaction(), self.small.begin() as txn:
-            return {bytes(k).decode() for k, _ in txn.cursor()}
+            cursor = txn.cursor()
+            if cursor.set_range(start):
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(start):
+                        break
+                    found.add(bytes(key).decode())
+        return found
+
+    def blob_names(self, prefix: str) -> set[str]:
+        """Ids of the file blobs present whose id starts with the two-digit ``prefix``."""
+        try:
+            return {e.name for e in os.scandir(self.blob_dir / prefix) if len(e.name) >= 3}
+        except FileNotFoundError:
+            return set()
+
+    def has_blob(self, blob_id: str, small: bool) -> bool:
+        if small:
+            with transaction(), self.small.begin() as txn:
+                return txn.get(blob_id.encode()) is not None
+        return self.blob_path(blob_id).exists()
 
     def sweep_temporaries(self) -> int:
         """Remove half-written files a killed writer left behind; returns how many."""
