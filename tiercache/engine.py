@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import lmdb
@@ -357,10 +358,12 @@ class Engine:
         return entry
 
     def _fit_to_disk(self, tier: int, size: int, written: int = 0) -> bool:
-        """Shrink the tier's budget to what its filesystem can hold above ``min_free``.
+        """Shrink the tier's budget to what its filesystem can hold above ``min_free``;
+        whether a blob of ``size`` fits in it (once the policy has evicted enough).
 
         ``written``: bytes of this blob already on that filesystem (staged), not to be
-        counted twice.
+        counted twice. The policy's capacity only drops below what it holds when an insert
+        follows (and evicts down to it); otherwise the tier shrinks at its next insert.
         """
         store, policy = self.stores[tier], self.policies[tier]
         room = store.free_bytes() + written - store.config.min_free
@@ -372,8 +375,9 @@ class Engine:
                 policy.used + max(0, room),
             ),
         )
-        policy.capacity = budget
-        return size <= budget
+        fits = size <= budget
+        policy.capacity = budget if fits else max(budget, policy.used)
+        return fits
 
     def _evict(self, w: IndexWriter, tier: int, victims: list[Key]) -> list[tuple[int, Entry]]:
         """Let ``victims`` of ``tier`` go: to the mover, which copies them down to the next
@@ -721,8 +725,10 @@ class Engine:
                 if now - last_fold > 30:
                     self.counters.fold_dead()
                     last_fold = now
-                if verified_ttl and now - last_purge > verified_ttl:
-                    self.verified.purge(verified_ttl)
+                if now - last_purge > min(verified_ttl or 600, 600):
+                    if verified_ttl:
+                        self.verified.purge(verified_ttl)
+                    clean_listings(self.config.index_path / "listings")
                     last_purge = now
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
@@ -788,6 +794,24 @@ class Engine:
                         f"tier {name}: index says {totals[name]['used_bytes']} bytes, "
                         f"policy says {policy.used}"
                     )
+
+
+def clean_listings(directory: Path, max_age: float = 7 * 86400, keep: int = 10_000) -> int:
+    """Delete kept origin listings (offline mode's last known state) older than ``max_age``,
+    and the oldest beyond ``keep``; returns how many were deleted."""
+    try:
+        files = sorted(
+            ((e.stat().st_mtime, e.path) for e in os.scandir(directory) if e.is_file()),
+            reverse=True,
+        )
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - max_age
+    doomed = [path for i, (mtime, path) in enumerate(files) if i >= keep or mtime < cutoff]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return len(doomed)
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -84,6 +84,7 @@ class TierStore:
         self._make_dirs()
         self.compress = config.compression == "lz4"
         self._small: lmdb.Environment | None = None
+        self._small_lock = threading.Lock()
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()
         self._maps_lock = threading.Lock()
         self._mapped_bytes = 0
@@ -120,19 +121,28 @@ class TierStore:
 
     @property
     def small(self) -> lmdb.Environment:
-        if self._small is None:
-            map_size = max(256 * 1024**2, 4 * self.config.capacity)
-            self._small = lmdb.open(
-                str(self.root / "small.lmdb"),
-                subdir=False,
-                map_size=map_size,
-                max_readers=1024,
-                sync=self._durable,
-                metasync=False,
-                lock=True,
-                mode=0o600,
-            )
-        return self._small
+        small = self._small
+        if small is not None:
+            return small
+        # Opened on first use, by whichever thread comes first (a reader, the engine's
+        # start-up): py-lmdb refuses a second open of the same file in one process.
+        with self._small_lock:
+            if self._small is None:
+                self._small = self._open_small()
+            return self._small
+
+    def _open_small(self) -> lmdb.Environment:
+        map_size = max(256 * 1024**2, 4 * self.config.capacity)
+        return lmdb.open(
+            str(self.root / "small.lmdb"),
+            subdir=False,
+            map_size=map_size,
+            max_readers=1024,
+            sync=self._durable,
+            metasync=False,
+            lock=True,
+            mode=0o600,
+        )
 
     # -- write ----------------------------------------------------------------------------------
     def encode(self, data: Buffer) -> tuple[Buffer, bool]:
