@@ -38,6 +38,7 @@ from typing import TypeVar
 
 import lmdb
 
+from .bounded import Bounded
 from .config import Config
 from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
@@ -93,7 +94,8 @@ class Engine:
             max_workers=max(config.origin.concurrency, config.prefetch.concurrency),
             thread_name_prefix="tiercache-fetch",
         )
-        self._promotion_hits: dict[str, int] = {}
+        #: Hits counted towards promotion, for the most recently hit keys of slower tiers.
+        self._promotion_hits: Bounded[str, int] = Bounded(100_000)
         #: blob id -> (last access, hits since the last flush), persisted in batches
         self._touched: dict[str, tuple[float, int]] = {}
         self._promote_queue: deque[str] = deque()
@@ -398,35 +400,43 @@ class Engine:
             self.counters.add("evictions", tier=tier)
         return to_delete
 
+    def _reserve_move(self, move: Move, size: int) -> bool:
+        """Make room for a move before its bytes are written (under the engine lock): the
+        destination's policy takes the key now and lets its victims go, so that on a full
+        disk their space is freed before the copy needs it. Returns whether it took it."""
+        policy = self.policies[move.dst]
+        if not self._fit_to_disk(move.dst, size):
+            self.counters.add("bypass_full", tier=move.dst)
+            return False
+        if move.promotion and not policy.admit(move.blob_id, size):
+            return False
+        self._settle(move.dst, policy.insert(move.blob_id, size))
+        if move.blob_id not in policy:
+            return False
+        self._staging[move.dst] += size
+        return True
+
     def _finish_move(self, move: Move, entry: Entry, staged: Staged | None) -> None:
-        """Commit a move the mover has copied (under the engine lock): the destination's
-        policy takes the key (or not), the index points at the new copy, the old one goes.
-        A demotion the destination does not take is an eviction; a promotion it does not
-        take leaves the key where it was."""
+        """Commit a move the mover has copied (under the engine lock): the index points at
+        the new copy and the old one goes. A demotion that could not be made (no room, the
+        copy failed, the destination let the key go meanwhile) is an eviction; a promotion
+        that could not be made leaves the key where it was."""
         src, dst = move.src, move.dst
         policy = self.policies[dst]
         try:
             with self.index.write() as w:
                 now = w.get(move.blob_id)
-                if now is None or now.tier != src or now.blob != entry.blob:
+                unchanged = now is not None and now.tier == src and now.blob == entry.blob
+                moved = None
+                if unchanged and now and staged is not None and move.blob_id in policy:
+                    moved = self._publish_moved(w, now, dst, staged)
+                if moved is None:
                     if staged is not None:
                         staged.discard()
-                    return  # changed while it was being copied
-                moved = None
-                if staged is not None:
-                    size = staged.meta.stored_size
-                    written = size if staged.tmp is not None else 0
-                    if self._fit_to_disk(dst, size, written) and (
-                        not move.promotion or policy.admit(move.blob_id, size)
-                    ):
-                        victims = policy.insert(move.blob_id, size)
-                        if move.blob_id in policy:
-                            moved = self._publish_moved(w, now, dst, staged)
-                            if moved is None:
-                                policy.remove(move.blob_id)
-                        self._pending.extend(self._evict(w, dst, victims))
-                    if moved is None:
-                        staged.discard()
+                    if now is None or now.tier != dst:
+                        policy.remove(move.blob_id)  # reserved by _reserve_move, not used
+                if not unchanged or now is None:
+                    return  # dropped, refetched or moved while it was being copied
                 if moved is not None:
                     self.policies[src].remove(move.blob_id)
                     self._pending.append((src, now))
