@@ -122,7 +122,8 @@ def replay(engine: Engine, report: dict[str, int]) -> None:
 
 
 def _settle_doomed(engine: Engine, doomed: list[tuple[str, int]], report: dict[str, int]) -> None:
-    """Entries of tiers no longer configured go; victims of a shrunk tier move down."""
+    """Entries of tiers no longer configured go; what a tier cannot hold moves down (from
+    the last tier: goes). ``evicted`` counts the latter."""
     with engine.index.write() as w:
         deleted = []
         for blob_id, tier in doomed:
@@ -130,9 +131,8 @@ def _settle_doomed(engine: Engine, doomed: list[tuple[str, int]], report: dict[s
                 if w.delete(blob_id) is not None:
                     report["dangling_entries"] += 1
                 continue
-            moved = engine._evict(w, tier, [blob_id])
-            deleted.extend(moved)
-            report["evicted"] += len(moved)
+            deleted.extend(engine._evict(w, tier, [blob_id]))  # moves down, or goes
+            report["evicted"] += 1
     engine._delete_blobs(deleted)
 
 
