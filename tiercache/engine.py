@@ -110,7 +110,6 @@ class Engine:
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
         self.reconciled_at_start: dict[str, int] = {}
-        self._replay_cancelled = False
         self._unreplayed = [0] * len(config.tiers)
         self._hold_unreplayed()
         self._started = threading.Event()
@@ -144,6 +143,7 @@ class Engine:
         """Empty the policies; the index's bytes count against each tier as unreplayed
         until the replay has fed every entry back."""
         totals = self.index.totals()
+        self._replay_cancelled = False
         self._unreplayed = [totals[t.name]["used_bytes"] for t in self.config.tiers]
         #: Bytes a tier holds beyond its capacity (it shrank, or the last engine stopped
         #: with demotions queued): the replay moves that many of its oldest entries down.
