@@ -170,12 +170,11 @@ class Index:
         ``after`` (and starting with ``prefix``); short read transactions (a fork waits
         for open ones), and no Entry objects, so a million entries take about a second."""
         out: list[Placement] = []
-        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
+        with transaction(), self.env.begin(db=self.entries) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(max(after, prefix)):
                 return out
-            for raw_key, raw in cursor:
-                key = bytes(raw_key)
+            for key, raw in cursor:
                 if key == after:
                     continue
                 if not key.startswith(prefix):

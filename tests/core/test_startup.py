@@ -70,10 +70,10 @@ def test_misses_and_hits_are_served_while_start_up_is_still_running(
     held, replaying = threading.Event(), threading.Event()
     replay = startup_module.replay
 
-    def held_replay(engine: Any, report: dict[str, int]) -> None:
+    def held_replay(engine: Any, scan: Any, report: dict[str, int]) -> None:
         replaying.set()
         held.wait(60)  # a cache so large its replay takes a while
-        replay(engine, report)
+        replay(engine, scan, report)
 
     monkeypatch.setattr(startup_module, "replay", held_replay)
     fs = _fs(config)
