@@ -98,7 +98,7 @@ def collect_floors(pyproject: dict) -> list[Floor]:
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
     """``["torch==2.13.0"]`` -> ``{"torch": "2.13.0"}``."""
-    out = {}
+    out: dict[str, str] = {}
     for item in items:
         req = Requirement(item)
         pins = [s.version for s in req.specifier if s.operator == "=="]
