@@ -2,9 +2,9 @@
 
 Why: pip installs tiercache next to whatever versions another package pinned, and an old
 library fails far from the cause: fsspec before 2025.10.0 has no ``ChainedFileSystem`` (an
-ImportError deep in ``tiercache.fs``), py-lmdb before 1.7.1 breaks a forked DataLoader
-worker's reads (``MDB_BAD_RSLOT``), prometheus-client before 0.20.0 fails when metrics are
-served. Checked here instead, each names the package, the version found and the version
+ImportError deep in ``tiercache.fs``), py-lmdb before 2.0.0 breaks forked DataLoader
+workers (``MDB_BAD_RSLOT``, segfaults), prometheus-client before 0.20.0 fails when metrics
+are served. Checked here instead, each names the package, the version found and the version
 needed.
 
 The floors are read from tiercache's own package metadata (``Requires-Dist``, written from
