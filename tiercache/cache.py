@@ -24,18 +24,24 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 
+from .blockfetch import OPS as block_ops
+from .blockfetch import serve as serve_blocks
+from .blocks import LargeObject
 from .config import Config
 from .counters import Counters
 from .engine import Engine
 from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
-from .origin import Origin, OriginError
+from .origin import ObjectTooLarge, Origin, OriginChangedError, OriginError
 from .security import ensure_private_dir
 from .tiers.store import Buffer, CorruptBlobError, TierStore
+
+if TYPE_CHECKING:
+    from .blockread import BlockReader
 
 log = logging.getLogger("tiercache")
 
@@ -81,6 +87,7 @@ class Cache:
         self._access_lock = threading.Lock()
         self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
         self._validated: dict[str, float] = {}  # key -> when last checked against origin
+        self._blocks: BlockReader | None = None
         self._trace_fd = -1
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.
@@ -89,11 +96,22 @@ class Cache:
             self._trace_fd = os.open(config.trace, flags, 0o600)
 
     # -- the read path ----------------------------------------------------------------------------
+    @property
+    def blocks(self) -> BlockReader:
+        """Reads of large objects, block by block (``blockread.py``)."""
+        reader = self._blocks
+        if reader is None or reader.index is not self.index:  # a fork opened a new index
+            from .blockread import BlockReader
+
+            reader = self._blocks = BlockReader(self)
+        return reader
+
     def locate(self, origin: Origin, path: str) -> Blob:
         """Find ``path`` in a tier, fetching it on a miss; counts one request.
 
         Always returns a verified blob or raises: FileNotFoundError for a missing object,
-        OriginError when the origin is unreachable and nothing is cached.
+        OriginError when the origin is unreachable and nothing is cached, and
+        :class:`~tiercache.blocks.LargeObject` for an object read as blocks.
         """
         key = origin.key(path)
         started = time.perf_counter()
@@ -113,7 +131,13 @@ class Cache:
                         self._trace(key, entry.size, None if missed else entry.tier)
                         return blob
                     continue  # moved or repaired while we looked: look again
-                blob = self._miss(origin, path, key, want_data=missed)
+                if entry is None and not missed:
+                    self.blocks.route(origin, path, key)  # raises LargeObject: read as blocks
+                try:
+                    blob = self._miss(origin, path, key, want_data=missed)
+                except ObjectTooLarge:
+                    self.blocks.too_large(origin, path)  # raises LargeObject
+                    continue  # it is small again: fetch it whole
                 missed = True
                 if blob is not None:
                     self.counters.add("misses")
@@ -143,7 +167,11 @@ class Cache:
         self, origin: Origin, path: str, start: int | None = None, end: int | None = None
     ) -> bytes:
         """Whole object or ``[start, end)`` (negative values count from the end, as fsspec)."""
-        blob = self.locate(origin, path)
+        try:
+            blob = self.locate(origin, path)
+        except LargeObject as large:
+            s, e = _resolve_range(start, end, large.obj.size)
+            return self.blocks.read(origin, large.obj, s, e)
         size = blob.entry.size
         s, e = _resolve_range(start, end, size)
         whole = blob.data if (s, e) == (0, size) else blob.data[s:e]
@@ -362,6 +390,8 @@ class Cache:
         if op == "clear":
             return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
         origin = self._origin_from(payload)
+        if op in block_ops:
+            return serve_blocks(engine, op, header, origin)
         if op == "hint":
             engine.hint(origin, header["paths"])
             return None
@@ -462,6 +492,8 @@ def _rebuild_error(reply: dict[str, Any]) -> Exception:
         "IsADirectoryError": IsADirectoryError,
         "PermissionError": PermissionError,
         "OriginError": OriginError,
+        "OriginChangedError": OriginChangedError,
+        "ObjectTooLarge": ObjectTooLarge,
         "ValueError": ValueError,
     }
     return kinds.get(reply.get("type", ""), OSError)(reply.get("message", "engine error"))

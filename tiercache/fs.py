@@ -24,8 +24,10 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.chained import ChainedFileSystem
 
 from . import cache as cache_module
+from .blocks import LargeObject
 from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
+from .largefile import LargeFile
 from .origin import Origin, OriginError
 
 
@@ -115,14 +117,17 @@ class TierCacheFileSystem(ChainedFileSystem):
         autocommit: bool = True,
         cache_options: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> TierCacheFile:
+    ) -> TierCacheFile | LargeFile:
         if mode != "rb":
             raise PermissionError(
                 f"tiercache is read-only: cannot open {path!r} with mode {mode!r}; "
                 "write to the origin directly"
             )
         path = self._strip_protocol(path)
-        return TierCacheFile(self, path, self.cache.locate(self.origin, path))
+        try:
+            return TierCacheFile(self, path, self.cache.locate(self.origin, path))
+        except LargeObject as large:  # returns at once; blocks are fetched as it is read
+            return LargeFile(self, path, large.obj)
 
     # -- metadata: from the origin, through brief listing caches ----------------------------------
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
@@ -194,11 +199,11 @@ class TierCacheFileSystem(ChainedFileSystem):
         done: dict[str, Any] = {"objects": 0, "bytes": 0, "errors": {}}
         bar = tqdm(total=len(targets), unit="obj", disable=not progress, desc="warming")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiercache-warm") as pool:
-            futures = {pool.submit(self.cache.locate, self.origin, p): p for p in targets}
+            futures = {pool.submit(self._warm_one, p): p for p in targets}
             for future in as_completed(futures):
                 bar.update(1)
                 try:
-                    blob: Blob = future.result()
+                    size = future.result()
                 except Exception as exc:
                     if on_error == "raise":
                         for f in futures:
@@ -207,11 +212,20 @@ class TierCacheFileSystem(ChainedFileSystem):
                     done["errors"][futures[future]] = f"{type(exc).__name__}: {exc}"
                     continue
                 done["objects"] += 1
-                done["bytes"] += blob.entry.size
+                done["bytes"] += size
                 bar.set_postfix_str(f"{done['bytes'] / 2**20:.0f} MiB", refresh=False)
         bar.close()
         self.cache.flush_access()
         return done
+
+    def _warm_one(self, path: str) -> int:
+        """Fetch one object (every block of a large one); returns its size."""
+        try:
+            blob: Blob = self.cache.locate(self.origin, path)
+        except LargeObject as large:
+            self.cache.blocks.warm(self.origin, large.obj)
+            return large.obj.size
+        return blob.entry.size
 
     def stats(self) -> dict[str, Any]:
         """Node-wide totals: per tier hits, misses, entries, bytes; origin reads and bytes."""
