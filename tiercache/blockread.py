@@ -30,7 +30,7 @@ from .blockfetch import cacheable, fetcher_for
 from .blocks import LargeObject, ObjectRecord, records_for
 from .buffers import Filling
 from .ipc import dump_origin
-from .origin import Origin, OriginIntegrityError
+from .origin import Origin, OriginChangedError, OriginIntegrityError
 from .ranged import crc32_combine, pool, read_span
 from .tiers.store import Buffer
 
@@ -97,6 +97,35 @@ class BlockReader:
         return obj
 
     # -- reads ------------------------------------------------------------------------------------
+    def read_object(
+        self,
+        origin: Origin,
+        path: str,
+        obj: ObjectRecord,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> bytes:
+        """``fs.cat_file`` of a large object (fsspec's ``start``/``end``, negative from the
+        end). An object that changes at the origin during the read is read again, whole,
+        from its new version: never bytes of two versions (a file handle, which may have
+        returned bytes of the old version already, raises instead)."""
+        from .cache import _resolve_range
+
+        for attempt in range(3):
+            s, e = _resolve_range(start, end, obj.size)
+            try:
+                return self.read(origin, obj, s, e)
+            except OriginChangedError as exc:
+                if attempt == 2:
+                    raise
+                log.info("%s; reading it again from its new version", exc)
+                self.cache.counters.add("stale_refetches")
+                fresh = self.describe(origin, path)
+                if fresh is None:  # small now: the whole-object path
+                    return self.cache.read(origin, path, start, end)
+                obj = fresh
+        raise AssertionError("unreachable")
+
     def read(
         self, origin: Origin, obj: ObjectRecord, start: int, end: int, ahead: Ahead | None = None
     ) -> bytes:

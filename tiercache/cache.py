@@ -170,8 +170,7 @@ class Cache:
         try:
             blob = self.locate(origin, path)
         except LargeObject as large:
-            s, e = _resolve_range(start, end, large.obj.size)
-            return self.blocks.read(origin, large.obj, s, e)
+            return self.blocks.read_object(origin, path, large.obj, start, end)
         size = blob.entry.size
         s, e = _resolve_range(start, end, size)
         whole = blob.data if (s, e) == (0, size) else blob.data[s:e]

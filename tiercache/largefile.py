@@ -9,11 +9,14 @@ random pattern (or one Parquet row group) never pays for blocks it does not read
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .blockread import Ahead
 from .blocks import ObjectRecord
+from .origin import OriginChangedError
 
 if TYPE_CHECKING:
     from .fs import TierCacheFileSystem
@@ -65,7 +68,8 @@ class LargeFile(io.RawIOBase):
             return b""
         start = self._pos
         reader = self.fs.cache.blocks
-        data = reader.read(self.fs.origin, self.obj, start, end, self._ahead)
+        with self._pinned():
+            data = reader.read(self.fs.origin, self.obj, start, end, self._ahead)
         self._advance(start, end)
         return data
 
@@ -80,7 +84,8 @@ class LargeFile(io.RawIOBase):
             return 0
         start = self._pos
         reader = self.fs.cache.blocks
-        reader.read_into(self.fs.origin, self.obj, start, view[: end - start], self._ahead)
+        with self._pinned():
+            reader.read_into(self.fs.origin, self.obj, start, view[: end - start], self._ahead)
         self._advance(start, end)
         return end - start
 
@@ -89,7 +94,20 @@ class LargeFile(io.RawIOBase):
         concurrently (``load_safetensors`` reads each tensor straight into its memory)."""
         self._check_open()
         reader = self.fs.cache.blocks
-        reader.read_ranges_into(self.fs.origin, self.obj, ranges)
+        with self._pinned():
+            reader.read_ranges_into(self.fs.origin, self.obj, ranges)
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        """A file reads one version: a change at the origin is an error naming the file
+        (earlier reads may have returned bytes of the version it was opened at)."""
+        try:
+            yield
+        except OriginChangedError as exc:
+            raise OriginChangedError(
+                f"{self.obj.key} changed at the origin while open ({exc}); open it again "
+                "to read the new version"
+            ) from exc
 
     def _advance(self, start: int, end: int) -> None:
         """Move past a read; start or widen readahead when the reads run in order."""
