@@ -13,6 +13,7 @@ hint, so the engine prefetches exactly what comes next. See docs/torch.md.
 from .base import ShardedDataset
 from .files import FileDataset
 from .records import RecordDataset, write_shards
+from .safetensors import load_safetensors
 from .sampler import HintedSampler, ShardShuffleSampler, shard_shuffle_order
 from .source import Source
 from .tokens import TokenDataset, write_tokens
@@ -23,6 +24,7 @@ __all__ = [
     "FileDataset",
     "HintedSampler",
     "RecordDataset",
+    "load_safetensors",
     "ShardShuffleSampler",
     "ShardedDataset",
     "Source",
