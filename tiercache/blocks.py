@@ -58,20 +58,33 @@ class ObjectRecord:
         )  # fmt: skip
 
     # -- geometry -------------------------------------------------------------------------------
+    # Blocks are aligned to the object's end: the first block holds the remainder and every
+    # other block is whole. What readers fetch first of a large file is its tail (a Parquet
+    # footer, a zip's central directory): one whole block, never a sliver of one block and
+    # most of the block before it.
     @property
     def blocks(self) -> int:
         return max(1, -(-self.size // self.block_size))
 
+    @property
+    def _pad(self) -> int:
+        """Bytes the first block is short of a whole one."""
+        return self.blocks * self.block_size - self.size
+
     def span(self, index: int) -> tuple[int, int]:
         """Bytes ``[start, end)`` of block ``index``."""
-        start = index * self.block_size
-        return start, min(self.size, start + self.block_size)
+        start = index * self.block_size - self._pad
+        return max(0, start), start + self.block_size
+
+    def block_of(self, offset: int) -> int:
+        """The block byte ``offset`` falls in."""
+        return (offset + self._pad) // self.block_size
 
     def covering(self, start: int, end: int) -> range:
         """The blocks bytes ``[start, end)`` fall in (none for an empty range)."""
         if end <= start:
             return range(0)
-        return range(start // self.block_size, (end - 1) // self.block_size + 1)
+        return range(self.block_of(start), self.block_of(end - 1) + 1)
 
     def block_key(self, index: int) -> str:
         """A block's cache key: never equal to an object's (NUL is in no object name)."""

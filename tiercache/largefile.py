@@ -117,12 +117,12 @@ class LargeFile(io.RawIOBase):
             self._run += end - start
         else:
             self._run, self._window = end - start, 1
-            self._drop_ahead(keep_from=end // block)
+            self._drop_ahead(keep_from=self.obj.block_of(min(end, self.size - 1)))
         self._run_end = end
         limit = self.fs.config.origin.readahead_blocks
         if not limit or self._run <= _SEQUENTIAL_BLOCKS * block or end >= self.size:
             return
-        first = end // block
+        first = self.obj.block_of(end)
         wanted = list(range(first, min(self.obj.blocks, first + self._window)))
         self._drop_ahead(keep_from=first)
         self.fs.cache.blocks.readahead(self.fs.origin, self.obj, wanted, self._ahead)
