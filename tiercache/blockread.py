@@ -86,14 +86,12 @@ class BlockReader:
 
     def describe(self, origin: Origin, path: str) -> ObjectRecord | None:
         """A fresh record from the origin (a HEAD, by the engine); None if it is small."""
-        key = origin.key(origin.strip(path))
         engine = self.cache._local_engine()
         if engine is not None:
             obj = fetcher_for(engine).describe(origin, path)
         else:
             reply, _ = self._call(origin, "describe", path=origin.strip(path))
             obj = ObjectRecord.from_json(reply["object"]) if reply["object"] else None
-        self.cache._validated[key] = time.monotonic()
         return obj
 
     # -- reads ------------------------------------------------------------------------------------

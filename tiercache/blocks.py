@@ -16,6 +16,8 @@ engine writes them, every process reads them.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -153,11 +155,24 @@ class ObjectRecords:
         return (ObjectRecord.from_json(json.loads(v)) for v in rows)
 
 
+_RECORDS_LOCK = threading.Lock()
+
+
 def records_for(index: Index) -> ObjectRecords:
     """The records table of ``index`` (one handle per index object: reopened after a fork,
-    when the cache opens a new index)."""
-    found = getattr(index, "_object_records", None)
-    if found is None:
-        found = ObjectRecords(index)
-        index._object_records = found  # type: ignore[attr-defined]
-    return found
+    when the cache opens a new index). Made under a lock: LMDB forbids opening a table from
+    two transactions of one process at once (warm's threads did, and hung)."""
+    with _RECORDS_LOCK:
+        found = getattr(index, "_object_records", None)
+        if found is None:
+            found = ObjectRecords(index)
+            index._object_records = found  # type: ignore[attr-defined]
+        return found
+
+
+def _reset_in_child() -> None:
+    global _RECORDS_LOCK
+    _RECORDS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)

@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import lmdb
 
@@ -39,12 +41,16 @@ from .config import Config
 from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
-from .origin import Origin
+from .origin import Origin, OriginError, object_version
+from .plan import NodePlan, PlannedRead, StreamId, planned_reads
 from .prefetch import Prefetcher
+from .service import pid_alive
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
+from .verified import VerifiedTable
 
 log = logging.getLogger("tiercache.engine")
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,9 +65,15 @@ class Engine:
     """Placement, promotion, demotion, eviction and single-flight fetch for one cache."""
 
     def __init__(
-        self, config: Config, index: Index, stores: list[TierStore], counters: Counters
+        self,
+        config: Config,
+        index: Index,
+        stores: list[TierStore],
+        counters: Counters,
+        verified: VerifiedTable,
     ) -> None:
         self.config = config
+        self.verified = verified
         self.index = index
         self.stores = stores
         self.counters = counters
@@ -71,6 +83,7 @@ class Engine:
         self.admission_tier = config.tier_names.index(config.admission.tier)
         self._lock = threading.RLock()  # policies, index writes, promotion bookkeeping
         self._inflight: dict[str, Future[FetchResult]] = {}
+        self._validating: dict[str, Future[bool]] = {}
         self._inflight_lock = threading.Lock()
         self._staging = [0] * len(config.tiers)  # bytes being written into each tier
         self._pool = ThreadPoolExecutor(
@@ -85,6 +98,7 @@ class Engine:
         #: a failed or killed commit must leave every committed entry's blob in place).
         self._pending: list[tuple[int, Entry]] = []
         self._prefetch = Prefetcher(self)
+        self._plan = NodePlan()
         # Room for what prefetch holds ahead plus as much again for readers of recent misses.
         self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
@@ -152,17 +166,28 @@ class Engine:
     def fetch(self, origin: Origin, path: str, *, prefetch: bool = False) -> FetchResult:
         """Read ``path`` from the origin once, however many callers ask at the same time."""
         key = origin.key(path)
+        try:
+            return self._once(
+                self._inflight, key, lambda: self._fetch_and_place(origin, path, key, prefetch)
+            )
+        finally:
+            if not prefetch:
+                self._consumed(blob_id_for(key))
+
+    def _once(self, table: dict[str, Future[T]], key: str, work: Callable[[], T]) -> T:
+        """Single flight: the first caller for ``key`` runs ``work``; concurrent callers
+        wait for its result (or its exception)."""
         with self._inflight_lock:
-            future = self._inflight.get(key)
+            future = table.get(key)
             leader = future is None
             if leader:
-                future = self._inflight[key] = Future()
+                future = table[key] = Future()
         assert future is not None
         if not leader:
             self.counters.add("singleflight_waits")
             return future.result()
         try:
-            result = self._fetch_and_place(origin, path, key, prefetch)
+            result = work()
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -170,9 +195,45 @@ class Engine:
             raise
         finally:
             with self._inflight_lock:
-                del self._inflight[key]
-            if not prefetch:
-                self._prefetch.consumed(blob_id_for(key))
+                del table[key]
+
+    def validate(self, origin: Origin, path: str) -> bool:
+        """Whether the cached copy of ``path`` still matches the origin, asked once for the
+        whole node: one HEAD however many processes find the entry due, and the time is
+        recorded in the index (``fetched_at``), so every process trusts it for the TTL.
+        A changed object is dropped (the caller refetches); an unreachable origin, or one
+        that cannot be asked right now, leaves the cached copy in use."""
+        key = origin.key(path)
+        return self._once(self._validating, key, lambda: self._validate(origin, path, key))
+
+    def _validate(self, origin: Origin, path: str, key: str) -> bool:
+        entry = self.index.get(key)
+        if entry is None:
+            return False
+        if 0 <= time.time() - entry.fetched_at < self.config.validation.ttl_seconds:
+            return True  # validated (or refetched) by another request meanwhile
+        asked_at = time.time()
+        try:
+            current: str | None = object_version(origin.info(path, refresh=True))
+        except OriginError:
+            return True
+        except FileNotFoundError:
+            current = None
+        if current != entry.version:
+            log.info("%s changed at the origin (%s -> %s); refetching", key, entry.version, current)
+            self.counters.add("stale_refetches")
+            self.invalidate(key)
+            return False
+        try:
+            with self.index.write() as w:
+                now = w.get(entry.blob_id)
+                if now is not None and now.version == entry.version:
+                    now.fetched_at = asked_at
+                    w.touch(now)
+        except Exception as exc:  # a full index: the next reader asks again
+            if not disk_full(exc):
+                raise
+        return True
 
     def _fetch_and_place(self, origin: Origin, path: str, key: str, prefetch: bool) -> FetchResult:
         current = self.index.get(key)
@@ -281,6 +342,8 @@ class Engine:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self.counters.add("bypass_full", tier=tier)
                 log.warning("tier %s is out of disk space; skipping it", store.config.name)
+                return None
+            if isinstance(exc, FileNotFoundError):  # the tier was wiped meanwhile
                 return None
             raise
         entry = Entry(
@@ -432,6 +495,25 @@ class Engine:
             for blob_id in store.blob_files().keys() - known:
                 store.delete(blob_id, BlobMeta(0, 0, False, False))
 
+    def _recover_wiped(self, tier: int) -> None:
+        """A tier's directory was deleted under the cache: its entries point at nothing.
+        Make it again and drop them (the origin has them all); readers refetch."""
+        store = self.stores[tier]
+        with self._lock:
+            store.reopen()
+            lost = [e for e in self.index if e.tier == tier]
+            with self.index.write() as w:
+                for entry in lost:
+                    w.delete(entry.blob_id)
+            for entry in lost:
+                self.policies[tier].remove(entry.blob_id)
+        self.counters.add("invalidations", len(lost), tier=tier)
+        log.warning(
+            "tier %s: %s was deleted under the cache; made it again and dropped its %d "
+            "entries (they are refetched when read)",
+            store.config.name, store.root, len(lost),
+        )  # fmt: skip
+
     def _drop(self, blob_id: str) -> None:
         """Remove a key from every tier and the index (stale or corrupt copy)."""
         with self._lock:
@@ -549,7 +631,7 @@ class Engine:
                     self._promote_queue.append(blob_id)
                 else:
                     self._promotion_hits[blob_id] = hits
-        self._prefetch.consumed(blob_id)
+        self._consumed(blob_id)
 
     def promote(self, blob_id: str) -> bool:
         """Move an entry one tier up (copy, commit, delete the old blob)."""
@@ -579,29 +661,52 @@ class Engine:
             return True
 
     # -- hints ------------------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
-        """The consumer's upcoming reads, in order: prefetch them and tell the policies."""
-        keys = [origin.key(p) for p in paths]
-        blob_ids = [blob_id_for(k) for k in keys]
+    def hint(self, origin: Origin, paths: Sequence[str], stream: StreamId | None = None) -> None:
+        """One reader's upcoming reads, in order: merged into the node's plan, which drives
+        prefetch and the clairvoyant policies. ``stream`` says whose they are (process id
+        and label; default: this process): a new hint replaces that stream's plan only."""
+        reads = planned_reads(origin, list(paths))
+        self._follow(self._plan.update(stream or (os.getpid(), ""), reads))
+
+    def _follow(self, merged: list[PlannedRead]) -> None:
+        """Point the policies and the prefetcher at the node's (new) merged plan."""
+        blob_ids = [r.blob_id for r in merged]
         with self._lock:
             for policy in self.policies:
                 policy.hint(blob_ids)
-        self._prefetch.plan(origin, list(paths), keys)
+        self._prefetch.plan(merged)
+
+    def _consumed(self, blob_id: str) -> None:
+        """A read of ``blob_id`` happened on the node: the plan and prefetch move on."""
+        self._plan.consumed(blob_id)
+        self._prefetch.consumed(blob_id)
 
     # -- background -------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        last_flush = last_fold = time.monotonic()
+        last_flush = last_fold = last_streams = last_purge = time.monotonic()
+        verified_ttl = max(t.verify_ttl_seconds for t in self.config.tiers)
         while not self._stop.wait(0.2):
             try:
                 while self._promote_queue:
                     self.promote(self._promote_queue.popleft())
                 now = time.monotonic()
+                if now - last_streams > 2:
+                    for tier, store in enumerate(self.stores):
+                        if store.wiped():
+                            self._recover_wiped(tier)
+                    merged = self._plan.drop(pid_alive)  # readers that died stop counting
+                    if merged is not None:
+                        self._follow(merged)
+                    last_streams = now
                 if now - last_flush > 5:
                     self._flush_touched()
                     last_flush = now
                 if now - last_fold > 30:
                     self.counters.fold_dead()
                     last_fold = now
+                if verified_ttl and now - last_purge > verified_ttl:
+                    self.verified.purge(verified_ttl)
+                    last_purge = now
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
 
@@ -627,9 +732,15 @@ class Engine:
     def submit(self, fn: Callable[..., object], *args: object) -> Future[object]:
         return self._pool.submit(fn, *args)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Stop the background work. ``wait``: first let fetches in flight finish (up to
+        30 s), so that a hand-over leaves no write of this engine landing after the next
+        engine has read the index."""
         self._stop.set()
         self._prefetch.stop()
+        deadline = time.monotonic() + 30
+        while wait and self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._housekeeper.join(timeout=5)
         with contextlib.suppress(Exception):
             self._flush_touched()

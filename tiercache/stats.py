@@ -88,6 +88,7 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
         "streamed": {"reads": g("streamed_reads"), "bytes": g("streamed_bytes")},
         "singleflight_waits": g("singleflight_waits"),
         "checksum_failures": g("checksum_failures"),
+        "read_verifications": g("read_verifications"),
         "stale_refetches": g("stale_refetches"),
         "data_wait_seconds": g("data_wait_ns") / 1e9,
     }
