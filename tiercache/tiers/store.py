@@ -228,24 +228,28 @@ class TierStore:
         return self._decode(data, meta) if meta.compressed else data
 
     @contextlib.contextmanager
-    def borrowed(self, blob_id: str, meta: BlobMeta) -> Iterator[bytes | memoryview]:
+    def borrowed(
+        self, blob_id: str, meta: BlobMeta, *, verify: bool = True
+    ) -> Iterator[bytes | memoryview]:
         """The blob's verified logical bytes for the length of a ``with`` block.
 
         A file blob is mapped rather than read: moving it to another tier then copies it
         once, straight out of this tier's pages, instead of first into a fresh buffer
-        (fresh memory is the slow part of a copy on many machines).
+        (fresh memory is the slow part of a copy on many machines). ``verify=False`` (a
+        memory tier) hashes it only if the file's identity is not the one recorded.
         """
         if meta.small or meta.compressed:
             yield self.get(blob_id, meta)
             return
-        fd, _ = self._open_sized(blob_id, meta)
+        fd, st = self._open_sized(blob_id, meta)
         try:
             mm = mmap.mmap(fd, meta.stored_size, prot=mmap.PROT_READ) if meta.stored_size else None
         finally:
             os.close(fd)
         view = memoryview(mm) if mm is not None else memoryview(b"")
         try:
-            self._check(blob_id, view, meta)
+            if verify or self._changed(st, meta):
+                self._check(blob_id, view, meta)
             yield view
         finally:
             view.release()
@@ -385,9 +389,31 @@ class TierStore:
                     found[entry.name] = entry.stat(follow_symlinks=False).st_size
         return found
 
-    def small_ids(self) -> set[str]:
+    def small_ids(self, prefix: str = "") -> set[str]:
+        """Ids of the small blobs stored (those starting with ``prefix``)."""
+        start = prefix.encode()
+        found = set()
         with transaction(), self.small.begin() as txn:
-            return {bytes(k).decode() for k, _ in txn.cursor()}
+            cursor = txn.cursor()
+            if cursor.set_range(start):
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(start):
+                        break
+                    found.add(bytes(key).decode())
+        return found
+
+    def blob_names(self, prefix: str) -> set[str]:
+        """Ids of the file blobs present whose id starts with the two-digit ``prefix``."""
+        try:
+            return {e.name for e in os.scandir(self.blob_dir / prefix) if len(e.name) >= 3}
+        except FileNotFoundError:
+            return set()
+
+    def has_blob(self, blob_id: str, small: bool) -> bool:
+        if small:
+            with transaction(), self.small.begin() as txn:
+                return txn.get(blob_id.encode()) is not None
+        return self.blob_path(blob_id).exists()
 
     def sweep_temporaries(self) -> int:
         """Remove half-written files a killed writer left behind; returns how many."""
