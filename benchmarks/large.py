@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import os
 import random
 import shutil
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import report  # noqa: E402
+from _common import Sink, report  # noqa: E402
 
 GiB, MiB = 1 << 30, 1 << 20
 BUCKET = "large"
@@ -94,35 +93,6 @@ def make_parquet(path: Path, size: int, row_groups: int = 32) -> None:
         for _ in range(row_groups):
             column = rng.integers(0, 2**62, rows, dtype=np.int64)
             w.write_table(pa.table({"x": column}), row_group_size=rows)
-
-
-class Sink(io.RawIOBase):
-    """A seekable writer into a preallocated buffer (what s3transfer's threads write to)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)
-        self.pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else self.pos + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def write(self, data: Any) -> int:
-        n = len(data)
-        self.view[self.pos : self.pos + n] = data
-        self.pos += n
-        return n
 
 
 def rate(size: int, seconds: float) -> float:

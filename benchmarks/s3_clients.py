@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
 import os
 import resource
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import report  # noqa: E402
+from _common import Sink, report  # noqa: E402
 
 GiB, MiB = 1 << 30, 1 << 20
 PART, WINDOW = 16 * MiB, 16
@@ -151,31 +150,6 @@ def crt_ranged(endpoint: str, size: int) -> Any:
         made.finished_future.result()
 
     return run
-
-
-class Sink(io.RawIOBase):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.view = memoryview(bytearray(size))
-        self.pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else self.pos + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def write(self, data: Any) -> int:
-        self.view[self.pos : self.pos + len(data)] = data
-        self.pos += len(data)
-        return len(data)
 
 
 def main() -> None:

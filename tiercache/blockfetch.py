@@ -57,7 +57,6 @@ class BlockFetcher:
         self.config = engine.config
         self.records = records_for(engine.index)
         self._inflight: dict[str, Future[BlockResult]] = {}
-        self._lock = threading.Lock()
         self._gets = threading.BoundedSemaphore(self.config.origin.block_concurrency)
 
     # -- records ----------------------------------------------------------------------------------
@@ -110,26 +109,8 @@ class BlockFetcher:
         read passes its own result buffer, saving a copy. A caller that waited for another
         thread's fetch gets that fetch's result (its bytes, or its entry).
         """
-        key = obj.block_key(index)
-        with self._lock:
-            future = self._inflight.get(key)
-            leader = future is None
-            if leader:
-                future = self._inflight[key] = Future()
-        assert future is not None
-        if not leader:
-            self.engine.counters.add("singleflight_waits")
-            return future.result()
-        try:
-            result = self._fetch(origin, obj, index, into, prefetch)
-            future.set_result(result)
-            return result
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                del self._inflight[key]
+        work = lambda: self._fetch(origin, obj, index, into, prefetch)  # noqa: E731
+        return self.engine._once(self._inflight, obj.block_key(index), work)
 
     def _fetch(
         self,

@@ -11,7 +11,6 @@ origin, cached for the validation TTL. The read path from here downwards:
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import posixpath
@@ -27,7 +26,7 @@ from . import cache as cache_module
 from .blocks import LargeObject
 from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
-from .largefile import LargeFile
+from .largefile import LargeFile, ReadOnlyFile
 from .origin import Origin, OriginError
 
 
@@ -157,11 +156,12 @@ class TierCacheFileSystem(ChainedFileSystem):
                     return item
             return self.origin.call("info", path, lambda: self.fs.info(path))
         except (OriginError, FileNotFoundError):
-            entry = self.cache.index.get(self.origin.key(path))
-            if entry is None:
+            key = self.origin.key(path)
+            known = self.cache.index.get(key) or self.cache.blocks.records.get(key)
+            if known is None:
                 raise
             # Unreachable or stale-listed origin: what we cached is what we know.
-            return {"name": path, "size": entry.size, "type": "file", "cached": True}
+            return {"name": path, "size": known.size, "type": "file", "cached": True}
 
     def invalidate_cache(self, path: str | None = None) -> None:
         self.origin.forget_listings()
@@ -254,7 +254,7 @@ def origin_options(protocol: str, options: dict[str, Any] | None) -> dict[str, A
     return options
 
 
-class TierCacheFile(io.RawIOBase):
+class TierCacheFile(ReadOnlyFile):
     """A read-only, seekable file over one cached object.
 
     The blob was located and verified when the file was opened; a read is one copy out of
@@ -263,34 +263,9 @@ class TierCacheFile(io.RawIOBase):
     """
 
     def __init__(self, fs: TierCacheFileSystem, path: str, blob: Blob) -> None:
-        super().__init__()
-        self.fs = fs
-        self.path = path
-        self.mode = "rb"
-        self.size = blob.entry.size
+        super().__init__(fs, path, blob.entry.size)
         self._blob = blob
-        self._pos = 0
         self._data: memoryview | None = memoryview(blob.data)
-
-    @property
-    def name(self) -> str:
-        return self.path
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self.path}")
-        self._pos = base + offset
-        return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
         if self._data is None:
@@ -324,9 +299,6 @@ class TierCacheFile(io.RawIOBase):
         tier = self._blob.entry.tier
         if tier >= 0 and not self._blob.missed:
             self.fs.cache.counters.add("bytes_read", n, tier=tier)
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.path, "size": self.size, "type": "file"}
 
     def close(self) -> None:
         if self._data is not None:

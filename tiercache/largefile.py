@@ -25,21 +25,16 @@ if TYPE_CHECKING:
 _SEQUENTIAL_BLOCKS = 2
 
 
-class LargeFile(io.RawIOBase):
-    """A read-only, seekable file over a large object's blocks."""
+class ReadOnlyFile(io.RawIOBase):
+    """What every tiercache file shares: read-only, seekable, a path and a size."""
 
-    def __init__(self, fs: TierCacheFileSystem, path: str, obj: ObjectRecord) -> None:
+    def __init__(self, fs: TierCacheFileSystem, path: str, size: int) -> None:
         super().__init__()
         self.fs = fs
         self.path = path
-        self.obj = obj
         self.mode = "rb"
-        self.size = obj.size
+        self.size = size
         self._pos = 0
-        self._ahead: Ahead = {}
-        self._run_end = -1  # where the current sequential run ends
-        self._run = 0  # bytes read in order so far
-        self._window = 1
 
     @property
     def name(self) -> str:
@@ -60,6 +55,21 @@ class LargeFile(io.RawIOBase):
             raise ValueError(f"negative seek position {base + offset} in {self.path}")
         self._pos = base + offset
         return self._pos
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.path, "size": self.size, "type": "file"}
+
+
+class LargeFile(ReadOnlyFile):
+    """A read-only, seekable file over a large object's blocks."""
+
+    def __init__(self, fs: TierCacheFileSystem, path: str, obj: ObjectRecord) -> None:
+        super().__init__(fs, path, obj.size)
+        self.obj = obj
+        self._ahead: Ahead = {}
+        self._run_end = -1  # where the current sequential run ends
+        self._run = 0  # bytes read in order so far
+        self._window = 1
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
@@ -138,9 +148,6 @@ class LargeFile(io.RawIOBase):
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError(f"I/O operation on closed file {self.path}")
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.path, "size": self.size, "type": "file"}
 
     def close(self) -> None:
         if not self.closed:
