@@ -119,6 +119,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="cold/warm runs; best counts")
     parser.add_argument("--ranges", type=int, default=200)
     parser.add_argument("--data-dir", default="/var/tmp", help="server files and local copies")
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="block sizes to compare (e.g. 8MiB,16MiB,32MiB,64MiB): cold whole read and cold "
+        "random 1 MiB reads of the large object at each, then stop",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -174,14 +180,43 @@ def main() -> None:
         }  # fmt: skip
         options = server.options
 
-        def fresh() -> Any:
+        def fresh(block_size: int = block) -> Any:
             """A cache with nothing in it, as a new node would start."""
             close_all()
             TierCacheFileSystem.clear_instance_cache()
             shutil.rmtree(ram, ignore_errors=True)
             shutil.rmtree(work / "ssd", ignore_errors=True)
             gc.collect()
+            config["origin"] = {"block_size": block_size}
             return TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
+
+        if args.sweep:
+            rng = random.Random(0)
+            offsets = [rng.randrange(0, size - MiB) for _ in range(args.ranges)]
+            for text in args.sweep.split(","):
+                block_size = parse_size(text)
+                times = []
+                for _ in range(args.repeat):
+                    fs = fresh(block_size)
+                    started = time.perf_counter()
+                    assert len(fs.cat_file(f"{BUCKET}/big.bin")) == size
+                    times.append(time.perf_counter() - started)
+                fs = fresh(block_size)
+                latencies = []
+                for offset in offsets:
+                    started = time.perf_counter()
+                    fs.cat_file(f"{BUCKET}/big.bin", offset, offset + MiB)
+                    latencies.append(time.perf_counter() - started)
+                results.append({
+                    "case": "block size sweep", "config": text,
+                    "MiB/s": rate(size, min(times)),
+                    "p50 ms": 1000 * statistics.median(latencies),
+                    "origin MiB/read": fs.stats()["origin"]["bytes"] / len(offsets) / MiB,
+                })  # fmt: skip
+            columns = ["case", "config", "MiB/s", "p50 ms", "origin MiB/read"]
+            extra = {"object_bytes": size, "ranges": len(offsets)}
+            report("block sizes", results, columns, args.json, extra)
+            return
 
         # -- cold whole read ----------------------------------------------------------------
         say("cold whole reads ...")
