@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,39 @@ def main() -> None:
              "ram blocks": tiers["ram"]["entries"]},
         ]  # fmt: skip
 
+        # -- correct from both tiers, whole and by range ------------------------------------
+        say("correctness from the RAM and the SSD tier ...")
+        with open(local / "big.bin", "rb") as f:
+            expected = zlib.crc32(f.read())
+        probe = random.Random(1).randrange(0, size - 3 * block)
+        with open(local / "big.bin", "rb") as f:
+            f.seek(probe)
+            expected_range = f.read(3 * block)
+        checks = {"ram": zlib.crc32(fs.cat_file(f"{BUCKET}/big.bin")) == expected}
+        checks["ram, range"] = (
+            fs.cat_file(f"{BUCKET}/big.bin", probe, probe + 3 * block) == expected_range
+        )
+        # A RAM tier of 2 blocks: every block of the object is demoted to the SSD tier.
+        config["tiers"][0]["capacity"] = 2 * block
+        fs = fresh()
+        assert zlib.crc32(fs.cat_file(f"{BUCKET}/big.bin")) == expected
+        fs.cache.engine.wait_idle()  # demotions are copied in the background
+        started = time.perf_counter()
+        checks["ssd"] = zlib.crc32(fs.cat_file(f"{BUCKET}/big.bin")) == expected
+        t_ssd = time.perf_counter() - started
+        checks["ssd, range"] = (
+            fs.cat_file(f"{BUCKET}/big.bin", probe, probe + 3 * block) == expected_range
+        )
+        ssd_blocks = fs.stats()["tiers"]["ssd"]["entries"]
+        config["tiers"][0]["capacity"] = size + 2 * block
+        results.append({
+            "case": "whole read from the SSD tier", "config": "verify = always (crc32)",
+            "MiB/s": rate(size, t_ssd), "ratio": t_local / t_ssd,
+        })  # fmt: skip
+        extra["correct"] = checks
+        extra["ssd_blocks"] = ssd_blocks
+        assert all(checks.values()), checks
+
         # -- random 1 MiB ranges ------------------------------------------------------------
         say("random range reads ...")
         rng = random.Random(0)
@@ -363,7 +397,7 @@ def main() -> None:
             {"case": "load the model", "config": "load_safetensors, warm",
              "MiB/s": rate(model_bytes, t_load_warm), "ratio": t_load_local / t_load_warm},
         ]  # fmt: skip
-        extra = {
+        extra |= {
             "object_bytes": size,
             "block_size": block,
             "model_bytes": model_bytes,
