@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .blockfetch import cacheable, fetcher_for
 from .blocks import LargeObject, ObjectRecord, records_for
 from .buffers import Filling
+from .index import Entry
 from .ipc import dump_origin
 from .origin import Origin, OriginChangedError, OriginIntegrityError
 from .ranged import crc32_combine, pool, read_span
-from .tiers.store import Buffer
+from .tiers.store import Buffer, CorruptBlobError
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -230,6 +231,10 @@ class BlockReader:
             self.cache.counters.add("prefetch_used")
             piece[:] = memoryview(data)[offset : offset + len(piece)]
             return None
+        entry = self.index.get(obj.block_key(index))
+        if entry is not None and self._copy_hit(entry, offset, piece):
+            self._count_hit(entry, end - start)
+            return None if entry.blob.compressed or not whole else entry.blob.checksum
         data, crc = self.get(origin, obj, index, into=piece if whole else None)
         if data is not piece:
             piece[:] = memoryview(data)[offset : offset + len(piece)]
@@ -251,10 +256,7 @@ class BlockReader:
                 if blob is None:
                     continue  # moved, or damaged and dropped: look again
                 if not missed:
-                    cache.counters.add("hits", tier=entry.tier)
-                    cache.counters.add("bytes_read", length, tier=entry.tier)
-                    cache._record_access(entry)
-                    cache._trace(key, length, entry.tier)
+                    self._count_hit(entry, length)
                 crc = None if entry.blob.compressed else entry.blob.checksum
                 return blob.data, crc
             if not missed:
@@ -278,6 +280,34 @@ class BlockReader:
             if reply["status"] == "data":  # no tier took it
                 return payload, reply.get("crc")
         raise OSError(f"{key}: the cache kept changing under this read; giving up")
+
+    def _count_hit(self, entry: Entry, length: int) -> None:
+        cache = self.cache
+        cache.counters.add("hits", tier=entry.tier)
+        cache.counters.add("bytes_read", length, tier=entry.tier)
+        cache._record_access(entry)
+        cache._trace(entry.key, length, entry.tier)
+
+    def _copy_hit(self, entry: Entry, offset: int, piece: memoryview) -> bool:
+        """Copy a hit straight from its tier file into ``piece`` (``TierStore.read_into``),
+        verified as the tier says. False where that path does not apply or anything goes
+        wrong: the caller then takes ``Cache._open_blob``'s, which handles every case."""
+        cache = self.cache
+        verify = cache._always_verify[entry.tier]
+        ttl = cache.config.tiers[entry.tier].verify_ttl_seconds
+        if verify and cache.verified.fresh(entry.blob_id, entry.blob, ttl):
+            verify = False  # another process on the node hashed this very file lately
+        store = cache.stores[entry.tier]
+        try:
+            if not store.read_into(entry.blob_id, entry.blob, offset, piece, verify=verify):
+                return False
+        except (OSError, CorruptBlobError):
+            return False
+        if verify:
+            cache.counters.add("read_verifications")
+            if ttl > 0:
+                cache.verified.record(entry.blob_id, entry.blob)
+        return True
 
     def warm(self, origin: Origin, obj: ObjectRecord) -> int:
         """Fetch every block not yet cached (concurrently, no bytes assembled); returns the

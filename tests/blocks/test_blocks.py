@@ -214,3 +214,29 @@ def test_block_settings_are_checked() -> None:
         load_config({**base, "origin": {"block_concurrency": 0}})
     with pytest.raises(ConfigError, match="origin.progress_timeout_seconds"):
         load_config({**base, "origin": {"progress_timeout_seconds": 0}})
+
+
+def test_a_damaged_block_on_disk_is_a_miss_and_refetched(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """The SSD tier hashes every block it serves: one flipped byte in one block file is
+    found by the read that returns that block, which fetches it again, and only it."""
+    fs = blocks_fs(cache_dirs, s3_server, ram=BLOCK, ssd=8 * MiB, promotion={"hits": 0})
+    body = os.urandom(2 * MiB)
+    put_objects(s3_server, bucket, {"rot.bin": body})
+    url = f"{bucket}/rot.bin"
+    assert fs.cat_file(url) == body
+    fs.cache.engine.wait_idle()
+    record = fs.cache.blocks.records.get(f"s3://{url}")
+    entry = fs.cache.index.get(record.block_key(3))
+    assert entry.tier == 1
+    blob = fs.cache.stores[1].blob_path(entry.blob_id)
+    damaged = bytearray(blob.read_bytes())
+    damaged[1000] ^= 0x01
+    blob.write_bytes(bytes(damaged))
+    before = fs.stats()["origin"]["bytes"]
+    assert fs.cat_file(url, 3 * BLOCK, 3 * BLOCK + 10) == body[3 * BLOCK : 3 * BLOCK + 10]
+    assert fs.cat_file(url) == body
+    stats = fs.stats()
+    assert stats["checksum_failures"] == 1
+    assert stats["origin"]["bytes"] - before == BLOCK  # that block alone, once

@@ -320,6 +320,36 @@ class TierStore:
         self._remember(blob_id, mapping)
         return view
 
+    def read_into(
+        self, blob_id: str, meta: BlobMeta, offset: int, dest: memoryview, *, verify: bool
+    ) -> bool:
+        """Copy bytes ``[offset, offset + len(dest))`` of a file blob into ``dest`` with
+        ``preadv``: the kernel's copy, made without the interpreter lock, so readers on
+        several threads copy in parallel (a copy out of a mapping holds the lock).
+
+        Returns False where this path does not apply, for the caller to take ``mapped``'s:
+        a small or compressed blob, or a part of a blob that must be hashed (``verify``, or
+        its file is not the one recorded) and can only be hashed whole.
+        """
+        if meta.small or meta.compressed:
+            return False
+        fd, st = self._open_sized(blob_id, meta)  # raises if missing or truncated
+        try:
+            check = verify or self._changed(st, meta)
+            if check and (offset, len(dest)) != (0, meta.stored_size):
+                return False
+            got = 0
+            while got < len(dest):
+                n = os.preadv(fd, [dest[got:]], offset + got)
+                if n <= 0:
+                    raise CorruptBlobError(f"{self.config.name} blob {blob_id}: truncated")
+                got += n
+        finally:
+            os.close(fd)
+        if check:
+            self._check(blob_id, dest, meta)
+        return True
+
     def _remember(self, blob_id: str, mapping: _Mapping) -> None:
         with self._maps_lock:
             old = self._maps.pop(blob_id, None)
