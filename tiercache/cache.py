@@ -31,6 +31,7 @@ from fsspec import AbstractFileSystem
 from .blockfetch import OPS as block_ops
 from .blockfetch import serve as serve_blocks
 from .blocks import LargeObject
+from .bounded import Bounded
 from .config import Config
 from .counters import Counters
 from .engine import Engine
@@ -95,7 +96,8 @@ class Cache:
         self._access: list[list[Any]] = []
         self._access_since = time.monotonic()
         self._access_lock = threading.Lock()
-        self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
+        #: Engine side: origins clients sent us (the most recent few).
+        self._origins: Bounded[bytes, Origin] = Bounded(64)
         self._blocks: BlockReader | None = None
         self._trace_fd = -1
         if config.trace is not None:

@@ -33,10 +33,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
+from .bounded import Bounded
 from .config import Config
 from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
@@ -92,7 +94,8 @@ class Engine:
             max_workers=max(config.origin.concurrency, config.prefetch.concurrency),
             thread_name_prefix="tiercache-fetch",
         )
-        self._promotion_hits: dict[str, int] = {}
+        #: Hits counted towards promotion, for the most recently hit keys of slower tiers.
+        self._promotion_hits: Bounded[str, int] = Bounded(100_000)
         #: blob id -> (last access, hits since the last flush), persisted in batches
         self._touched: dict[str, tuple[float, int]] = {}
         self._promote_queue: deque[str] = deque()
@@ -107,7 +110,6 @@ class Engine:
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
         self.reconciled_at_start: dict[str, int] = {}
-        self._replay_cancelled = False
         self._unreplayed = [0] * len(config.tiers)
         self._hold_unreplayed()
         self._started = threading.Event()
@@ -141,6 +143,7 @@ class Engine:
         """Empty the policies; the index's bytes count against each tier as unreplayed
         until the replay has fed every entry back."""
         totals = self.index.totals()
+        self._replay_cancelled = False
         self._unreplayed = [totals[t.name]["used_bytes"] for t in self.config.tiers]
         #: Bytes a tier holds beyond its capacity (it shrank, or the last engine stopped
         #: with demotions queued): the replay moves that many of its oldest entries down.
@@ -357,10 +360,12 @@ class Engine:
         return entry
 
     def _fit_to_disk(self, tier: int, size: int, written: int = 0) -> bool:
-        """Shrink the tier's budget to what its filesystem can hold above ``min_free``.
+        """Shrink the tier's budget to what its filesystem can hold above ``min_free``;
+        whether a blob of ``size`` fits in it (once the policy has evicted enough).
 
         ``written``: bytes of this blob already on that filesystem (staged), not to be
-        counted twice.
+        counted twice. The policy's capacity only drops below what it holds when an insert
+        follows (and evicts down to it); otherwise the tier shrinks at its next insert.
         """
         store, policy = self.stores[tier], self.policies[tier]
         room = store.free_bytes() + written - store.config.min_free
@@ -372,8 +377,9 @@ class Engine:
                 policy.used + max(0, room),
             ),
         )
-        policy.capacity = budget
-        return size <= budget
+        fits = size <= budget
+        policy.capacity = budget if fits else max(budget, policy.used)
+        return fits
 
     def _evict(self, w: IndexWriter, tier: int, victims: list[Key]) -> list[tuple[int, Entry]]:
         """Let ``victims`` of ``tier`` go: to the mover, which copies them down to the next
@@ -394,35 +400,43 @@ class Engine:
             self.counters.add("evictions", tier=tier)
         return to_delete
 
+    def _reserve_move(self, move: Move, size: int) -> bool:
+        """Make room for a move before its bytes are written (under the engine lock): the
+        destination's policy takes the key now and lets its victims go, so that on a full
+        disk their space is freed before the copy needs it. Returns whether it took it."""
+        policy = self.policies[move.dst]
+        if not self._fit_to_disk(move.dst, size):
+            self.counters.add("bypass_full", tier=move.dst)
+            return False
+        if move.promotion and not policy.admit(move.blob_id, size):
+            return False
+        self._settle(move.dst, policy.insert(move.blob_id, size))
+        if move.blob_id not in policy:
+            return False
+        self._staging[move.dst] += size
+        return True
+
     def _finish_move(self, move: Move, entry: Entry, staged: Staged | None) -> None:
-        """Commit a move the mover has copied (under the engine lock): the destination's
-        policy takes the key (or not), the index points at the new copy, the old one goes.
-        A demotion the destination does not take is an eviction; a promotion it does not
-        take leaves the key where it was."""
+        """Commit a move the mover has copied (under the engine lock): the index points at
+        the new copy and the old one goes. A demotion that could not be made (no room, the
+        copy failed, the destination let the key go meanwhile) is an eviction; a promotion
+        that could not be made leaves the key where it was."""
         src, dst = move.src, move.dst
         policy = self.policies[dst]
         try:
             with self.index.write() as w:
                 now = w.get(move.blob_id)
-                if now is None or now.tier != src or now.blob != entry.blob:
+                unchanged = now is not None and now.tier == src and now.blob == entry.blob
+                moved = None
+                if unchanged and now and staged is not None and move.blob_id in policy:
+                    moved = self._publish_moved(w, now, dst, staged)
+                if moved is None:
                     if staged is not None:
                         staged.discard()
-                    return  # changed while it was being copied
-                moved = None
-                if staged is not None:
-                    size = staged.meta.stored_size
-                    written = size if staged.tmp is not None else 0
-                    if self._fit_to_disk(dst, size, written) and (
-                        not move.promotion or policy.admit(move.blob_id, size)
-                    ):
-                        victims = policy.insert(move.blob_id, size)
-                        if move.blob_id in policy:
-                            moved = self._publish_moved(w, now, dst, staged)
-                            if moved is None:
-                                policy.remove(move.blob_id)
-                        self._pending.extend(self._evict(w, dst, victims))
-                    if moved is None:
-                        staged.discard()
+                    if now is None or now.tier != dst:
+                        policy.remove(move.blob_id)  # reserved by _reserve_move, not used
+                if not unchanged or now is None:
+                    return  # dropped, refetched or moved while it was being copied
                 if moved is not None:
                     self.policies[src].remove(move.blob_id)
                     self._pending.append((src, now))
@@ -721,8 +735,10 @@ class Engine:
                 if now - last_fold > 30:
                     self.counters.fold_dead()
                     last_fold = now
-                if verified_ttl and now - last_purge > verified_ttl:
-                    self.verified.purge(verified_ttl)
+                if now - last_purge > min(verified_ttl or 600, 600):
+                    if verified_ttl:
+                        self.verified.purge(verified_ttl)
+                    clean_listings(self.config.index_path / "listings")
                     last_purge = now
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
@@ -788,6 +804,24 @@ class Engine:
                         f"tier {name}: index says {totals[name]['used_bytes']} bytes, "
                         f"policy says {policy.used}"
                     )
+
+
+def clean_listings(directory: Path, max_age: float = 7 * 86400, keep: int = 10_000) -> int:
+    """Delete kept origin listings (offline mode's last known state) older than ``max_age``,
+    and the oldest beyond ``keep``; returns how many were deleted."""
+    try:
+        files = sorted(
+            ((e.stat().st_mtime, e.path) for e in os.scandir(directory) if e.is_file()),
+            reverse=True,
+        )
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - max_age
+    doomed = [path for i, (mtime, path) in enumerate(files) if i >= keep or mtime < cutoff]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return len(doomed)
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -163,19 +163,22 @@ class Index:
             for k, v in txn.cursor():
                 yield Entry.unpack(v, bytes(k).decode())
 
-    def placements(self, after: bytes = b"", limit: int = 10_000) -> list[Placement]:
+    def placements(
+        self, after: bytes = b"", limit: int = 10_000, prefix: bytes = b""
+    ) -> list[Placement]:
         """Up to ``limit`` entries' placements in blob id order, from the first id past
-        ``after``; short read transactions (a fork waits for open ones), and no Entry
-        objects, so a million entries are scanned in about a second."""
+        ``after`` (and starting with ``prefix``); short read transactions (a fork waits
+        for open ones), and no Entry objects, so a million entries take about a second."""
         out: list[Placement] = []
-        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
+        with transaction(), self.env.begin(db=self.entries) as txn:
             cursor = txn.cursor()
-            if not cursor.set_range(after):
+            if not cursor.set_range(max(after, prefix)):
                 return out
-            for raw_key, raw in cursor:
-                key = bytes(raw_key)
+            for key, raw in cursor:
                 if key == after:
                     continue
+                if not key.startswith(prefix):
+                    break
                 tier, flags, _, stored, *_rest, last, _f, _h, _k = _HEAD.unpack_from(raw)
                 out.append(Placement(key.decode(), tier, stored, bool(flags & _SMALL), last))
                 if len(out) >= limit:

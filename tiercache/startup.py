@@ -21,13 +21,16 @@ gave up waiting. Now the engine serves at once and this runs beside it:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import ctypes
 import logging
 import time
 from array import array
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .index import Placement
+from .index import Index
 from .tiers.store import BlobMeta
 
 if TYPE_CHECKING:
@@ -45,35 +48,59 @@ def start_up(engine: Engine) -> dict[str, int]:
     report = {"orphan_blobs": 0, "dangling_entries": 0, "temporaries": 0, "evicted": 0}
     for store in engine.stores:
         report["temporaries"] += store.sweep_temporaries()
-    replay(engine, report)
-    for prefix in range(256):
+    scan = Scan.of(engine.index)
+    replay(engine, scan, report)
+    prefixes = [f"{p:02x}" for p in range(256)]
+    for prefix, after in zip(prefixes, [*prefixes[1:], "g"], strict=True):
         if engine._stop.is_set():
             break
-        reconcile_prefix(engine, f"{prefix:02x}", report)
+        lo, hi = bisect.bisect_left(scan.ids, prefix), bisect.bisect_left(scan.ids, after)
+        indexed = {scan.ids[i]: (scan.tiers[i], bool(scan.small[i])) for i in range(lo, hi)}
+        reconcile_prefix(engine, prefix, indexed, report)
+    del scan
+    _return_freed_memory()  # the scan's transient tables: give the pages back to the OS
     level = logging.INFO if any(report.values()) else logging.DEBUG
     log.log(level, "start-up done in %.2f s: %s", time.monotonic() - started, report)
     return report
 
 
-def replay(engine: Engine, report: dict[str, int]) -> None:
+@dataclass
+class Scan:
+    """Every entry's placement, read once in blob id order (compact: about 100 bytes an
+    entry, freed when start-up is done)."""
+
+    ids: list[str] = field(default_factory=list)
+    tiers: array[int] = field(default_factory=lambda: array("B"))
+    sizes: array[int] = field(default_factory=lambda: array("q"))
+    small: array[int] = field(default_factory=lambda: array("B"))
+    last: array[float] = field(default_factory=lambda: array("d"))
+
+    @classmethod
+    def of(cls, index: Index) -> Scan:
+        scan = cls()
+        after = b""
+        while chunk := index.placements(after, _SCAN_CHUNK):
+            for p in chunk:
+                scan.ids.append(p.blob_id)
+                scan.tiers.append(min(p.tier, 255))
+                scan.sizes.append(p.stored_size)
+                scan.small.append(p.small)
+                scan.last.append(p.last_access)
+            after = chunk[-1].blob_id.encode()
+        return scan
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed memory for reuse; a scan of millions of entries frees hundreds of
+    MiB at once, which an engine that runs for weeks should not keep resident."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def replay(engine: Engine, scan: Scan, report: dict[str, int]) -> None:
     """Feed every entry to its tier's policy, oldest access first."""
-    ids: list[str] = []
-    tiers = array("B")
-    sizes = array("q")
-    last = array("d")
-    after = b""
-    while True:
-        chunk = engine.index.placements(after, _SCAN_CHUNK)
-        if not chunk:
-            break
-        for p in chunk:
-            ids.append(p.blob_id)
-            tiers.append(min(p.tier, 255))
-            sizes.append(p.stored_size)
-            last.append(p.last_access)
-        after = chunk[-1].blob_id.encode()
-    order = sorted(range(len(ids)), key=last.__getitem__)
-    del last
+    ids, tiers, sizes = scan.ids, scan.tiers, scan.sizes
+    order = sorted(range(len(ids)), key=scan.last.__getitem__)
     ntiers = len(engine.stores)
     for start in range(0, len(order), _REPLAY_BATCH):
         batch = order[start : start + _REPLAY_BATCH]
@@ -113,7 +140,8 @@ def replay(engine: Engine, report: dict[str, int]) -> None:
 
 
 def _settle_doomed(engine: Engine, doomed: list[tuple[str, int]], report: dict[str, int]) -> None:
-    """Entries of tiers no longer configured go; victims of a shrunk tier move down."""
+    """Entries of tiers no longer configured go; what a tier cannot hold moves down (from
+    the last tier: goes). ``evicted`` counts the latter."""
     with engine.index.write() as w:
         deleted = []
         for blob_id, tier in doomed:
@@ -121,38 +149,28 @@ def _settle_doomed(engine: Engine, doomed: list[tuple[str, int]], report: dict[s
                 if w.delete(blob_id) is not None:
                     report["dangling_entries"] += 1
                 continue
-            moved = engine._evict(w, tier, [blob_id])
-            deleted.extend(moved)
-            report["evicted"] += len(moved)
+            deleted.extend(engine._evict(w, tier, [blob_id]))  # moves down, or goes
+            report["evicted"] += 1
     engine._delete_blobs(deleted)
 
 
-def reconcile_prefix(engine: Engine, prefix: str, report: dict[str, int]) -> None:
-    """Compare the index's entries whose blob id starts with ``prefix`` with the blobs
-    present in every tier; fix what disagrees."""
-    indexed: dict[str, Placement] = {}
-    after = prefix.encode()
-    while True:
-        chunk = [p for p in engine.index.placements(after, _SCAN_CHUNK) if p.blob_id[:2] == prefix]
-        for p in chunk:
-            indexed[p.blob_id] = p
-        if len(chunk) < _SCAN_CHUNK:
-            break
-        after = chunk[-1].blob_id.encode()
+def reconcile_prefix(
+    engine: Engine, prefix: str, indexed: dict[str, tuple[int, bool]], report: dict[str, int]
+) -> None:
+    """Compare the index's entries whose blob id starts with ``prefix`` (as scanned:
+    blob id -> (tier, small)) with the blobs present in every tier; fix what disagrees."""
     suspects: list[tuple[int, str, bool]] = []  # (tier, blob id, small): look again, locked
     for tier, store in enumerate(engine.stores):
         files = store.blob_names(prefix)
         small = store.small_ids(prefix)
-        for blob_id, p in indexed.items():
-            if p.tier == tier and blob_id not in (small if p.small else files):
-                suspects.append((tier, blob_id, p.small))
+        for blob_id, (in_tier, is_small) in indexed.items():
+            if in_tier == tier and blob_id not in (small if is_small else files):
+                suspects.append((tier, blob_id, is_small))
         for blob_id in files:
-            found = indexed.get(blob_id)
-            if found is None or found.tier != tier or found.small:
+            if indexed.get(blob_id) != (tier, False):
                 suspects.append((tier, blob_id, False))
         for blob_id in small:
-            found = indexed.get(blob_id)
-            if found is None or found.tier != tier or not found.small:
+            if indexed.get(blob_id) != (tier, True):
                 suspects.append((tier, blob_id, True))
     if suspects:
         with engine._lock:

@@ -84,6 +84,7 @@ class TierStore:
         self._make_dirs()
         self.compress = config.compression == "lz4"
         self._small: lmdb.Environment | None = None
+        self._small_lock = threading.Lock()
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()
         self._maps_lock = threading.Lock()
         self._mapped_bytes = 0
@@ -120,19 +121,28 @@ class TierStore:
 
     @property
     def small(self) -> lmdb.Environment:
-        if self._small is None:
-            map_size = max(256 * 1024**2, 4 * self.config.capacity)
-            self._small = lmdb.open(
-                str(self.root / "small.lmdb"),
-                subdir=False,
-                map_size=map_size,
-                max_readers=1024,
-                sync=self._durable,
-                metasync=False,
-                lock=True,
-                mode=0o600,
-            )
-        return self._small
+        small = self._small
+        if small is not None:
+            return small
+        # Opened on first use, by whichever thread comes first (a reader, the engine's
+        # start-up): py-lmdb refuses a second open of the same file in one process.
+        with self._small_lock:
+            if self._small is None:
+                self._small = self._open_small()
+            return self._small
+
+    def _open_small(self) -> lmdb.Environment:
+        map_size = max(256 * 1024**2, 4 * self.config.capacity)
+        return lmdb.open(
+            str(self.root / "small.lmdb"),
+            subdir=False,
+            map_size=map_size,
+            max_readers=1024,
+            sync=self._durable,
+            metasync=False,
+            lock=True,
+            mode=0o600,
+        )
 
     # -- write ----------------------------------------------------------------------------------
     def encode(self, data: Buffer) -> tuple[Buffer, bool]:
@@ -269,9 +279,7 @@ class TierStore:
             )
         return fd, st
 
-    def mapped(
-        self, blob_id: str, meta: BlobMeta, *, verify: bool = False, populate: bool = False
-    ) -> memoryview:
+    def mapped(self, blob_id: str, meta: BlobMeta, *, verify: bool = False) -> memoryview:
         """The blob's bytes as a read-only view of a shared mapping (no copy, no syscall).
 
         Used for tiers with ``verify = "on-change"``: a mapping made once per process and
@@ -283,8 +291,7 @@ class TierStore:
 
         Every call returns the caller's own view: dropping a mapping from this cache (another
         thread's ``_remember``) never releases a view a caller holds; the pages stay mapped
-        until the last view of them goes. ``populate`` maps every page at once (one system
-        call instead of a fault per 4 KiB page), for a caller about to read most of the blob.
+        until the last view of them goes.
         """
         with self._maps_lock:  # the FUSE mount and block reads map from many threads
             cached = self._maps.get(blob_id)
@@ -303,7 +310,8 @@ class TierStore:
             return view
         fd, st = self._open_sized(blob_id, meta)  # raises if missing or truncated
         try:
-            mm = _map(fd, meta.stored_size, populate or verify)
+            # A blob about to be hashed is read whole: map every page in one call.
+            mm = _map(fd, meta.stored_size, populate=verify)
         finally:
             os.close(fd)
         mapping = _Mapping(st.st_ino, st.st_mtime_ns, meta.stored_size, mm)
