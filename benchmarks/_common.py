@@ -7,6 +7,7 @@ share the benchmark's interpreter lock; everything still crosses real HTTP on lo
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import time
@@ -110,3 +111,32 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
     return "" if v is None else str(v)
+
+
+class Sink(io.RawIOBase):
+    """A seekable writer into a preallocated buffer: where s3transfer's threads write a
+    download in the baselines, so no file system cost is counted against them."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.view = memoryview(bytearray(size))
+        self.pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self.view[self.pos : self.pos + n] = data
+        self.pos += n
+        return n

@@ -24,10 +24,13 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 
+from .blockfetch import OPS as block_ops
+from .blockfetch import serve as serve_blocks
+from .blocks import LargeObject
 from .bounded import Bounded
 from .config import Config
 from .counters import Counters
@@ -35,11 +38,14 @@ from .engine import Engine
 from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
 from .localfs import refuse_network
-from .origin import Origin, OriginError
+from .origin import ObjectTooLarge, Origin, OriginChangedError, OriginError
 from .security import ensure_private_dir
 from .service import live_service
 from .tiers.store import Buffer, CorruptBlobError, TierStore
 from .verified import VerifiedTable
+
+if TYPE_CHECKING:
+    from .blockread import BlockReader
 
 log = logging.getLogger("tiercache")
 
@@ -92,6 +98,7 @@ class Cache:
         self._access_lock = threading.Lock()
         #: Engine side: origins clients sent us (the most recent few).
         self._origins: Bounded[bytes, Origin] = Bounded(64)
+        self._blocks: BlockReader | None = None
         self._trace_fd = -1
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.
@@ -100,11 +107,22 @@ class Cache:
             self._trace_fd = os.open(config.trace, flags, 0o600)
 
     # -- the read path ----------------------------------------------------------------------------
+    @property
+    def blocks(self) -> BlockReader:
+        """Reads of large objects, block by block (``blockread.py``)."""
+        reader = self._blocks
+        if reader is None or reader.index is not self.index:  # a fork opened a new index
+            from .blockread import BlockReader
+
+            reader = self._blocks = BlockReader(self)
+        return reader
+
     def locate(self, origin: Origin, path: str) -> Blob:
         """Find ``path`` in a tier, fetching it on a miss; counts one request.
 
         Always returns a verified blob or raises: FileNotFoundError for a missing object,
-        OriginError when the origin is unreachable and nothing is cached.
+        OriginError when the origin is unreachable and nothing is cached, and
+        :class:`~tiercache.blocks.LargeObject` for an object read as blocks.
         """
         key = origin.key(path)
         started = time.perf_counter()
@@ -124,7 +142,13 @@ class Cache:
                         self._trace(key, entry.size, None if missed else entry.tier)
                         return blob
                     continue  # moved or repaired while we looked: look again
-                blob = self._miss(origin, path, key, want_data=missed)
+                if entry is None and not missed:
+                    self.blocks.route(origin, path, key)  # raises LargeObject: read as blocks
+                try:
+                    blob = self._miss(origin, path, key, want_data=missed)
+                except ObjectTooLarge:
+                    self.blocks.too_large(origin, path)  # raises LargeObject
+                    continue  # it is small again: fetch it whole
                 missed = True
                 if blob is not None:
                     self.counters.add("misses")
@@ -154,7 +178,10 @@ class Cache:
         self, origin: Origin, path: str, start: int | None = None, end: int | None = None
     ) -> bytes:
         """Whole object or ``[start, end)`` (negative values count from the end, as fsspec)."""
-        blob = self.locate(origin, path)
+        try:
+            blob = self.locate(origin, path)
+        except LargeObject as large:
+            return self.blocks.read_object(origin, path, large.obj, start, end)
         size = blob.entry.size
         s, e = _resolve_range(start, end, size)
         whole = blob.data if (s, e) == (0, size) else blob.data[s:e]
@@ -458,6 +485,8 @@ class Cache:
         if op == "clear":
             return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
         origin = self._origin_from(payload)
+        if op in block_ops:
+            return serve_blocks(engine, op, header, origin)
         if op == "hint":
             # The sender's pid as this process sees it (0 across pid namespaces): the stream
             # stops counting when that process dies.
@@ -565,6 +594,8 @@ def _rebuild_error(reply: dict[str, Any]) -> Exception:
         "IsADirectoryError": IsADirectoryError,
         "PermissionError": PermissionError,
         "OriginError": OriginError,
+        "OriginChangedError": OriginChangedError,
+        "ObjectTooLarge": ObjectTooLarge,
         "ValueError": ValueError,
     }
     return kinds.get(reply.get("type", ""), OSError)(reply.get("message", "engine error"))

@@ -98,6 +98,16 @@ class OriginConfig:
     offline: bool = False
     #: S3 GETs by presigned URL and http.client (see tiercache.s3direct); off: all via s3fs.
     direct_get: bool = True
+    #: Objects larger than this are cached as blocks of this size (tiercache.blocks): a
+    #: range read fetches only its blocks, and a cold whole read is many ranged GETs.
+    block_size: int = 16 * 1024**2
+    #: Ranged GETs of blocks in flight at once, node-wide (a sliding window).
+    block_concurrency: int = 16
+    #: Blocks fetched ahead of a file read sequentially (the window grows up to this).
+    readahead_blocks: int = 8
+    #: A ranged GET that receives no byte for this long is abandoned and retried (the body
+    #: as a whole has no time limit: a large object takes as long as the bandwidth needs).
+    progress_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -394,7 +404,18 @@ def _parse_origin(r: _Reader) -> OriginConfig:
         concurrency=_integer(r, "concurrency", 16, minimum=1),
         offline=r.pop("offline", bool, default=False),
         direct_get=r.pop("direct_get", bool, default=True),
+        block_size=_block_size(r),
+        block_concurrency=_integer(r, "block_concurrency", 16, minimum=1),
+        readahead_blocks=_integer(r, "readahead_blocks", 8, minimum=0),
+        progress_timeout_seconds=_number(r, "progress_timeout_seconds", 30.0, minimum=0.001),
     )
+
+
+def _block_size(r: _Reader) -> int:
+    size = _size(r, "block_size", r.pop("block_size", (int, str), default="16MiB"))
+    if not 64 * 1024 <= size <= 1024**3:
+        raise r.error("block_size", size, "between 64KiB and 1GiB")
+    return size
 
 
 def _parse_metrics(r: _Reader) -> MetricsConfig:

@@ -67,6 +67,9 @@ GLOBAL = (
     "origin_list_not_found",
     "origin_list_error",
     "read_verifications",  # disk-tier blobs hashed on the read path (shared node-wide)
+    # Large objects larger than every tier, streamed through without being cached.
+    "streamed_reads",  # reads of such objects
+    "streamed_bytes",  # bytes of their blocks fetched for readers
 )
 #: Origin request operations and outcomes the ``origin_<op>_<status>`` slots cover.
 ORIGIN_OPS = ("get", "head", "list")

@@ -11,7 +11,6 @@ origin, cached for the validation TTL. The read path from here downwards:
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import posixpath
@@ -24,8 +23,10 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.chained import ChainedFileSystem
 
 from . import cache as cache_module
+from .blocks import LargeObject
 from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
+from .largefile import LargeFile, ReadOnlyFile
 from .origin import Origin, OriginError
 
 
@@ -117,14 +118,17 @@ class TierCacheFileSystem(ChainedFileSystem):
         autocommit: bool = True,
         cache_options: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> TierCacheFile:
+    ) -> TierCacheFile | LargeFile:
         if mode != "rb":
             raise PermissionError(
                 f"tiercache is read-only: cannot open {path!r} with mode {mode!r}; "
                 "write to the origin directly"
             )
         path = self._strip_protocol(path)
-        return TierCacheFile(self, path, self.cache.locate(self.origin, path))
+        try:
+            return TierCacheFile(self, path, self.cache.locate(self.origin, path))
+        except LargeObject as large:  # returns at once; blocks are fetched as it is read
+            return LargeFile(self, path, large.obj)
 
     # -- metadata: from the origin, through brief listing caches ----------------------------------
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
@@ -152,11 +156,12 @@ class TierCacheFileSystem(ChainedFileSystem):
                     return item
             return self.origin.call("info", path, lambda: self.fs.info(path))
         except (OriginError, FileNotFoundError):
-            entry = self.cache.index.get(self.origin.key(path))
-            if entry is None:
+            key = self.origin.key(path)
+            known = self.cache.index.get(key) or self.cache.blocks.records.get(key)
+            if known is None:
                 raise
             # Unreachable or stale-listed origin: what we cached is what we know.
-            return {"name": path, "size": entry.size, "type": "file", "cached": True}
+            return {"name": path, "size": known.size, "type": "file", "cached": True}
 
     def invalidate_cache(self, path: str | None = None) -> None:
         self.origin.forget_listings()
@@ -200,11 +205,11 @@ class TierCacheFileSystem(ChainedFileSystem):
         done: dict[str, Any] = {"objects": 0, "bytes": 0, "errors": {}}
         bar = tqdm(total=len(targets), unit="obj", disable=not progress, desc="warming")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiercache-warm") as pool:
-            futures = {pool.submit(self.cache.locate, self.origin, p): p for p in targets}
+            futures = {pool.submit(self._warm_one, p): p for p in targets}
             for future in as_completed(futures):
                 bar.update(1)
                 try:
-                    blob: Blob = future.result()
+                    size = future.result()
                 except Exception as exc:
                     if on_error == "raise":
                         for f in futures:
@@ -213,11 +218,20 @@ class TierCacheFileSystem(ChainedFileSystem):
                     done["errors"][futures[future]] = f"{type(exc).__name__}: {exc}"
                     continue
                 done["objects"] += 1
-                done["bytes"] += blob.entry.size
+                done["bytes"] += size
                 bar.set_postfix_str(f"{done['bytes'] / 2**20:.0f} MiB", refresh=False)
         bar.close()
         self.cache.flush_access()
         return done
+
+    def _warm_one(self, path: str) -> int:
+        """Fetch one object (every block of a large one); returns its size."""
+        try:
+            blob: Blob = self.cache.locate(self.origin, path)
+        except LargeObject as large:
+            self.cache.blocks.warm(self.origin, large.obj)
+            return large.obj.size
+        return blob.entry.size
 
     def stats(self) -> dict[str, Any]:
         """Node-wide totals: per tier hits, misses, entries, bytes; origin reads and bytes."""
@@ -240,7 +254,7 @@ def origin_options(protocol: str, options: dict[str, Any] | None) -> dict[str, A
     return options
 
 
-class TierCacheFile(io.RawIOBase):
+class TierCacheFile(ReadOnlyFile):
     """A read-only, seekable file over one cached object.
 
     The blob was located and verified when the file was opened; a read is one copy out of
@@ -249,34 +263,9 @@ class TierCacheFile(io.RawIOBase):
     """
 
     def __init__(self, fs: TierCacheFileSystem, path: str, blob: Blob) -> None:
-        super().__init__()
-        self.fs = fs
-        self.path = path
-        self.mode = "rb"
-        self.size = blob.entry.size
+        super().__init__(fs, path, blob.entry.size)
         self._blob = blob
-        self._pos = 0
         self._data: memoryview | None = memoryview(blob.data)
-
-    @property
-    def name(self) -> str:
-        return self.path
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self.path}")
-        self._pos = base + offset
-        return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
         if self._data is None:
@@ -310,9 +299,6 @@ class TierCacheFile(io.RawIOBase):
         tier = self._blob.entry.tier
         if tier >= 0 and not self._blob.missed:
             self.fs.cache.counters.add("bytes_read", n, tier=tier)
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.path, "size": self.size, "type": "file"}
 
     def close(self) -> None:
         if self._data is not None:

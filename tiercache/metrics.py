@@ -245,6 +245,18 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
         [([], stats["stale_refetches"])],
     )
     counter(
+        "tiercache_streamed_reads",
+        "Reads of objects larger than every tier, streamed through without being cached.",
+        [],
+        [([], stats["streamed"]["reads"])],
+    )
+    counter(
+        "tiercache_streamed_bytes",
+        "Bytes of objects larger than every tier fetched for readers (never cached).",
+        [],
+        [([], stats["streamed"]["bytes"])],
+    )
+    counter(
         "tiercache_data_wait_seconds",
         "Time consumers waited for bytes (locating and fetching objects), summed over "
         "all processes.",

@@ -27,7 +27,7 @@ from fsspec import AbstractFileSystem
 from .bounded import Bounded
 from .config import OriginConfig
 from .counters import Counters
-from .s3direct import DirectGetter, Unsupported
+from .s3direct import DirectGetter, TooLarge, Unsupported
 
 log = logging.getLogger("tiercache.origin")
 T = TypeVar("T")
@@ -67,6 +67,16 @@ class OriginError(OSError):
 
 class OriginChangedError(OSError):
     """The object changed at the origin while it was being read."""
+
+
+class ObjectTooLarge(Exception):
+    """A whole-object read found the object larger than ``[origin] block_size``: it is read
+    as blocks instead (``tiercache.blocks``). Not an error: nothing was fetched."""
+
+    def __init__(self, url: str, size: int = 0) -> None:
+        super().__init__(f"{url} is {size} bytes, more than the block size: read it as blocks")
+        self.url = url
+        self.size = size
 
 
 class OriginIntegrityError(OSError):
@@ -142,6 +152,8 @@ class Origin:
             try:
                 self._deadline.at = deadline
                 result = fn()
+            except (ObjectTooLarge, OriginChangedError):
+                raise  # an answer, not a failure: retrying would get the same one
             except FileNotFoundError as exc:
                 self.counters.add(f"origin_{op}_not_found")
                 url = f"{self.protocol}://{self.strip(path)}"
@@ -249,22 +261,28 @@ class Origin:
         requests as possible."""
         if _is_s3(self.fs):
             direct = self.direct
+            limit = self.config.block_size
             if direct is not None:
                 try:
-                    return _direct_get(direct, path, self.remaining())
+                    return _direct_get(direct, path, self.remaining(), limit)
+                except TooLarge as large:
+                    raise ObjectTooLarge(self.key(path), large.size) from None
                 except Unsupported as why:
-                    result = _s3_get(self.fs, path, self.remaining())
+                    result = _s3_get(self.fs, path, self.remaining(), limit)
                     # s3fs read what the direct path could not: stop trying it here.
                     log.warning("direct GETs off for this origin (%s: %s)", path, why)
                     self.direct = None
                     return result
-            return _s3_get(self.fs, path, self.remaining())
+            return _s3_get(self.fs, path, self.remaining(), limit)
         self.fs.invalidate_cache(path)
         self.counters.add("origin_heads")
         info = self._run("info", path)
         if info.get("type") == "directory":
             raise IsADirectoryError(f"{self.protocol}://{path} is a directory")
-        return self._run("cat_file", path), info.get("size"), object_version(info), None
+        size = info.get("size")
+        if isinstance(size, int) and size > self.config.block_size:
+            raise ObjectTooLarge(self.key(path), size)
+        return self._run("cat_file", path), size, object_version(info), None
 
     def fetch_range(self, path: str, start: int, end: int) -> bytes:
         path = self.strip(path)
@@ -400,7 +418,7 @@ def _direct_getter(fs: AbstractFileSystem, config: OriginConfig) -> DirectGetter
         return None
 
 
-def _s3_get(fs: Any, path: str, timeout: float | None = None) -> _Read:
+def _s3_get(fs: Any, path: str, timeout: float | None = None, limit: int | None = None) -> _Read:
     """One GET whose response carries the ETag and length of exactly the bytes it returns.
 
     s3fs's ``cat_file`` would HEAD first and cannot tell us which version it read; the
@@ -421,6 +439,9 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> _Read:
             "get_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra
         )
         try:
+            size = resp.get("ContentLength")
+            if limit is not None and isinstance(size, int) and size > limit:
+                raise ObjectTooLarge(f"s3://{path}", size)  # closing the body aborts it
             body = await resp["Body"].read()
         finally:
             resp["Body"].close()
@@ -431,12 +452,14 @@ def _s3_get(fs: Any, path: str, timeout: float | None = None) -> _Read:
     return _checked(path, body, resp)
 
 
-def _direct_get(direct: DirectGetter, path: str, timeout: float | None) -> _Read:
+def _direct_get(
+    direct: DirectGetter, path: str, timeout: float | None, limit: int | None = None
+) -> _Read:
     """:func:`_s3_get` through :mod:`tiercache.s3direct`; the same checks, the same answer."""
     bucket, key, version_id = direct.fs.split_path(path)
     if not key:
         raise IsADirectoryError(f"s3://{path} is a bucket, not an object")
-    resp = direct.get(bucket, key, version_id, timeout)
+    resp = direct.get(bucket, key, version_id, timeout, limit)
     return _checked(path, resp.body, resp.headers)
 
 

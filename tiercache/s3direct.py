@@ -46,6 +46,18 @@ class ServerError(ConnectionError):
     """A 5xx or throttling answer: worth retrying, like a dropped connection."""
 
 
+class VersionMismatch(Exception):
+    """A ranged GET found another version of the object than the one it was pinned to."""
+
+
+class TooLarge(Exception):
+    """A whole-object GET announced more bytes than the caller takes in one piece."""
+
+    def __init__(self, url: str, size: int) -> None:
+        super().__init__(f"{url}: {size} bytes")
+        self.size = size
+
+
 @dataclass
 class Response:
     """The parts of a GET's answer the cache uses, named as botocore names them."""
@@ -115,8 +127,10 @@ class DirectGetter:
             self._signed_at = time.monotonic()
             return self._signer
 
-    def url(self, bucket: str, key: str, version_id: str | None) -> str:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+    def url(self, bucket: str, key: str, version_id: str | None, checksum: bool = True) -> str:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if checksum:
+            params["ChecksumMode"] = "ENABLED"
         if version_id:
             params["VersionId"] = version_id
         return str(
@@ -126,11 +140,19 @@ class DirectGetter:
         )
 
     # -- the request ----------------------------------------------------------------------------
-    def get(self, bucket: str, key: str, version_id: str | None, timeout: float | None) -> Response:
+    def get(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str | None,
+        timeout: float | None,
+        limit: int | None = None,
+    ) -> Response:
         """The whole object within ``timeout`` seconds, no socket wait longer than the s3fs
         client's ``read_timeout``. A missing object raises FileNotFoundError; server errors,
         broken or short bodies raise OSError (the caller retries); any other answer
-        :class:`Unsupported`."""
+        :class:`Unsupported`. An object of more than ``limit`` bytes raises
+        :class:`TooLarge` as soon as its length is announced (its body is not read)."""
         parts = urllib.parse.urlsplit(self.url(bucket, key, version_id))
         wait = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
         resp = self._send(parts, wait)
@@ -138,7 +160,10 @@ class DirectGetter:
             if resp.status != 200:
                 _refuse(resp, f"s3://{bucket}/{key}")
             headers = {k.lower(): v for k, v in resp.getheaders()}
-            body = _read_body(resp, int(headers.get("content-length", -1)), timeout)
+            length = int(headers.get("content-length", -1))
+            if limit is not None and length > limit:
+                raise TooLarge(f"s3://{bucket}/{key}", length)
+            body = _read_body(resp, length, timeout)
         except (Unsupported, FileNotFoundError, ServerError):
             raise  # the answer was read whole: the connection is still good
         except BaseException:
@@ -146,7 +171,66 @@ class DirectGetter:
             raise
         return Response(body, _as_botocore(headers, len(body)))
 
-    def _send(self, parts: urllib.parse.SplitResult, wait: float) -> http.client.HTTPResponse:
+    def get_range(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str | None,
+        span: tuple[int, int],
+        total: int,
+        etag: str,
+        into: memoryview,
+        progress_timeout: float,
+    ) -> dict[str, Any]:
+        """Bytes ``[start, end)`` of the object straight into ``into`` (exactly that long).
+
+        Pinned to one version: ``If-Match`` on the ETag (or the version id), and the answer's
+        ETag and total length are checked too, for servers that ignore ``If-Match``; another
+        version raises :class:`VersionMismatch`. No deadline for the body as a whole: a wait
+        of ``progress_timeout`` seconds without a byte raises (the caller retries).
+        Returns the answer's headers under botocore's names.
+        """
+        start, end = span
+        url = f"s3://{bucket}/{key}"
+        parts = urllib.parse.urlsplit(self.url(bucket, key, version_id, checksum=False))
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag and not version_id:
+            headers["If-Match"] = f'"{etag}"'
+        resp = self._send(parts, progress_timeout, headers)
+        try:
+            if resp.status in (412, 416):
+                resp.read()
+                raise VersionMismatch(f"{url}: HTTP {resp.status} for bytes {start}-{end - 1}")
+            if resp.status not in (200, 206):
+                _refuse(resp, url)
+            got = {k.lower(): v for k, v in resp.getheaders()}
+            seen = str(got.get("etag", "")).strip('"')
+            whole = got.get("content-range", "").rpartition("/")[2]
+            if resp.status == 200 and (start, end) != (0, total):
+                raise Unsupported("the server ignored the Range header")
+            if (etag and seen and seen != etag) or (whole not in ("", "*", str(total))):
+                raise VersionMismatch(
+                    f"{url}: changed while being read (ETag {etag} -> {seen}, "
+                    f"size {total} -> {whole})"
+                )
+            if int(got.get("content-length", -1)) != end - start:
+                raise OSError(
+                    f"{url}: {got.get('content-length')} bytes for a range of {end - start}"
+                )
+            _read_into(resp, into)
+        except (Unsupported, FileNotFoundError, ServerError):
+            raise  # the answer was read whole: the connection is still good
+        except BaseException:
+            self._drop_connection(parts.scheme, parts.hostname or "", parts.port)
+            raise
+        return _as_botocore(got, end - start)
+
+    def _send(
+        self,
+        parts: urllib.parse.SplitResult,
+        wait: float,
+        extra: dict[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
         """Send the GET and read the answer's head, on this thread's kept-alive connection.
 
         A server may close an idle connection at any time; if a reused one turns out
@@ -158,8 +242,10 @@ class DirectGetter:
             conn = self._connection(*where, wait)
             reused = conn.sock is not None
             try:
-                # The presigned URL signs this header too: it must be sent as signed.
-                conn.request("GET", f"{parts.path}?{parts.query}", headers=_SIGNED_HEADERS)
+                # The presigned URL signs the checksum header too: it must be sent as signed.
+                # Range and If-Match are plain headers S3 accepts unsigned.
+                headers = _SIGNED_HEADERS if extra is None else extra
+                conn.request("GET", f"{parts.path}?{parts.query}", headers=headers)
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self._drop_connection(*where)
@@ -240,6 +326,16 @@ def _read_body(resp: http.client.HTTPResponse, length: int, timeout: float | Non
     return body
 
 
+def _read_into(resp: http.client.HTTPResponse, into: memoryview) -> None:
+    """Fill ``into`` from the body; each wait is bounded by the socket's timeout alone."""
+    got, length = 0, len(into)
+    while got < length:
+        n = resp.readinto(into[got:])
+        if not n:
+            raise http.client.IncompleteRead(bytes(0), length - got)
+        got += n
+
+
 def _as_botocore(headers: dict[str, Any], length: int) -> dict[str, Any]:
     """The response headers the cache checks, under botocore's names."""
     return {
@@ -249,6 +345,7 @@ def _as_botocore(headers: dict[str, Any], length: int) -> dict[str, Any]:
         "ChecksumType": headers.get("x-amz-checksum-type", "FULL_OBJECT"),
         "ServerSideEncryption": headers.get("x-amz-server-side-encryption", ""),
         "SSECustomerAlgorithm": headers.get("x-amz-server-side-encryption-customer-algorithm"),
+        "ContentRange": headers.get("content-range", ""),
     }
 
 

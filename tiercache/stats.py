@@ -84,6 +84,8 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
             "wasted": g("prefetch_wasted"),
         },
         "not_admitted": g("not_admitted"),
+        # Objects larger than every tier are read block by block and never cached.
+        "streamed": {"reads": g("streamed_reads"), "bytes": g("streamed_bytes")},
         "singleflight_waits": g("singleflight_waits"),
         "checksum_failures": g("checksum_failures"),
         "read_verifications": g("read_verifications"),

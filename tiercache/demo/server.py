@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: moto accepts any credentials; fixed ones keep every client consistent.
@@ -29,11 +31,12 @@ class S3Server:
 
     endpoint: str
     process: subprocess.Popen[bytes]
+    credentials: dict[str, str] = field(default_factory=lambda: dict(CREDENTIALS))
 
     @property
     def options(self) -> dict[str, Any]:
         """s3fs storage options that reach this server."""
-        options: dict[str, Any] = {"endpoint_url": self.endpoint, **CREDENTIALS}
+        options: dict[str, Any] = {"endpoint_url": self.endpoint, **self.credentials}
         if self.endpoint.startswith("https:"):  # moto's certificate is self-signed
             options["client_kwargs"] = {"verify": False}
         return options
@@ -100,3 +103,32 @@ def start_s3_server(
         time.sleep(0.05)
     process.kill()
     raise OSError(f"moto's S3 server did not answer on {endpoint} within {timeout:.0f} s")
+
+
+#: s3rver checks signatures against these.
+S3RVER_CREDENTIALS = {"key": "S3RVER", "secret": "S3RVER"}
+
+
+def start_s3rver(directory: str | Path, timeout: float = 30.0) -> S3Server:
+    """npm's ``s3rver`` on a free loopback port, storing objects as files in ``directory``.
+
+    For large objects: it serves a range from the file on disk, where moto copies the whole
+    object's value on every GET (a 16 MiB range of a 1 GiB object costs two 1 GiB copies).
+    It does not enforce ``If-Match`` (tiercache then checks the answer's ETag itself).
+    Installed by ``.ci/run`` (``npm install -g s3rver@3.7.1``).
+    """
+    exe = shutil.which("s3rver")
+    if exe is None:
+        raise OSError("s3rver is not installed; npm install -g s3rver@3.7.1 (as .ci/run does)")
+    port = _free_port()
+    command = [exe, "-d", str(directory), "-a", "127.0.0.1", "-p", str(port), "--silent"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise OSError(f"s3rver exited at start (status {process.returncode})")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return S3Server(f"http://127.0.0.1:{port}", process, dict(S3RVER_CREDENTIALS))
+        time.sleep(0.05)
+    process.kill()
+    raise OSError(f"s3rver did not answer on port {port} within {timeout:.0f} s")

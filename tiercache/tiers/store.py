@@ -286,20 +286,36 @@ class TierStore:
         blob serves every later hit straight from shared memory, at memory-copy speed,
         while the index entry's identity (inode, mtime) still matches. Mappings of blobs the
         engine has since deleted are dropped whenever a new one is made, so a process pins
-        at most ``_MAP_BYTES`` of memory beyond the tier's capacity.
+        at most ``_MAP_BYTES`` of memory beyond the tier's capacity (and what its callers
+        still hold).
+
+        Every call returns the caller's own view: dropping a mapping from this cache (another
+        thread's ``_remember``) never releases a view a caller holds; the pages stay mapped
+        until the last view of them goes.
         """
-        cached = self._maps.get(blob_id)
-        if cached is not None and (cached.ino, cached.mtime_ns) == (meta.ino, meta.mtime_ns):
-            self._maps.move_to_end(blob_id)
+        with self._maps_lock:  # the FUSE mount and block reads map from many threads
+            cached = self._maps.get(blob_id)
+            if cached is not None and (cached.ino, cached.mtime_ns) == (meta.ino, meta.mtime_ns):
+                self._maps.move_to_end(blob_id)
+                view = cached.export()
+            else:
+                cached = None
+        if cached is not None:
             if verify:  # disks rot without touching mtime: hash what this read will copy
-                self._check(blob_id, cached.view, meta)
-            return cached.view
+                try:
+                    self._check(blob_id, view, meta)
+                except CorruptBlobError:
+                    view.release()
+                    raise
+            return view
         fd, st = self._open_sized(blob_id, meta)  # raises if missing or truncated
         try:
-            mm = mmap.mmap(fd, meta.stored_size, prot=mmap.PROT_READ) if meta.stored_size else None
+            # A blob about to be hashed is read whole: map every page in one call.
+            mm = _map(fd, meta.stored_size, populate=verify)
         finally:
             os.close(fd)
-        view = memoryview(mm) if mm is not None else memoryview(b"")
+        mapping = _Mapping(st.st_ino, st.st_mtime_ns, meta.stored_size, mm)
+        view = mapping.export()
         if verify or self._changed(st, meta):
             # Hash the mapped pages themselves: reading the file into a buffer first would
             # cost a copy into fresh memory, several times the hash, per blob and process.
@@ -307,17 +323,51 @@ class TierStore:
                 self._check(blob_id, view, meta)
             except CorruptBlobError:
                 view.release()
-                if mm is not None:
-                    mm.close()
+                mapping.close()
                 raise
-        self._remember(blob_id, _Mapping(st.st_ino, st.st_mtime_ns, meta.stored_size, mm, view))
+        self._remember(blob_id, mapping)
         return view
+
+    def read_into(
+        self, blob_id: str, meta: BlobMeta, offset: int, dest: memoryview, *, verify: bool
+    ) -> bool:
+        """Copy bytes ``[offset, offset + len(dest))`` of a file blob into ``dest`` with
+        ``preadv``: the kernel's copy, made without the interpreter lock, so readers on
+        several threads copy in parallel (a copy out of a mapping holds the lock).
+
+        Returns False where this path does not apply, for the caller to take ``mapped``'s:
+        a small or compressed blob, or a part of a blob that must be hashed (``verify``, or
+        its file is not the one recorded) and can only be hashed whole.
+        """
+        if meta.small or meta.compressed:
+            return False
+        fd, st = self._open_sized(blob_id, meta)  # raises if missing or truncated
+        try:
+            check = verify or self._changed(st, meta)
+            if check and (offset, len(dest)) != (0, meta.stored_size):
+                return False
+            got = 0
+            while got < len(dest):
+                n = os.preadv(fd, [dest[got:]], offset + got)
+                if n <= 0:
+                    raise CorruptBlobError(f"{self.config.name} blob {blob_id}: truncated")
+                got += n
+        finally:
+            os.close(fd)
+        if check:
+            self._check(blob_id, dest, meta)
+        return True
 
     def _remember(self, blob_id: str, mapping: _Mapping) -> None:
         with self._maps_lock:
             old = self._maps.pop(blob_id, None)
             if old is not None:
                 self._mapped_bytes -= old.size
+                old.close()
+            if mapping.size > _MAP_BYTES:
+                # Larger than the whole budget: kept alive by its caller's view alone, and
+                # unmapped when that goes (keeping it would push out every other mapping).
+                return
             self._maps[blob_id] = mapping
             self._mapped_bytes += mapping.size
             # Drop mappings of blobs that were replaced or deleted (at most a few times a
@@ -339,12 +389,10 @@ class TierStore:
         return (st.st_ino, st.st_mtime_ns) == (mapping.ino, mapping.mtime_ns)
 
     def _forget(self, blob_id: str) -> None:
+        """Drop a mapping from the cache (the caller holds ``_maps_lock``)."""
         mapping = self._maps.pop(blob_id)
         self._mapped_bytes -= mapping.size
-        mapping.view.release()
-        if mapping.mm is not None:
-            with contextlib.suppress(BufferError):  # a reader still holds a slice: GC closes it
-                mapping.mm.close()
+        mapping.close()
 
     def _changed(self, st: os.stat_result, meta: BlobMeta) -> bool:
         return (st.st_ino, st.st_mtime_ns) != (meta.ino, meta.mtime_ns)
@@ -443,11 +491,29 @@ _SWEEP_SECONDS = 0.25
 
 @dataclass
 class _Mapping:
+    """One blob file mapped into this process, shared by the views handed out of it."""
+
     ino: int
     mtime_ns: int
     size: int
     mm: mmap.mmap | None
-    view: memoryview
+
+    def export(self) -> memoryview:
+        """A new view for one caller: it keeps the pages mapped until it is released."""
+        return memoryview(self.mm) if self.mm is not None else memoryview(b"")
+
+    def close(self) -> None:
+        if self.mm is not None:
+            with contextlib.suppress(BufferError):  # a caller still holds a view: GC unmaps it
+                self.mm.close()
+
+
+def _map(fd: int, size: int, populate: bool) -> mmap.mmap | None:
+    """Map ``size`` bytes of ``fd`` read-only; ``populate`` faults every page in at once."""
+    if not size:
+        return None
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
 
 
 #: LMDB environments inherited across fork must never be closed (or used) by the child.

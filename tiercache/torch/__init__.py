@@ -18,6 +18,7 @@ require_torch_numpy_pair()
 from .base import ShardedDataset  # noqa: E402
 from .files import FileDataset  # noqa: E402
 from .records import RecordDataset, write_shards  # noqa: E402
+from .safetensors import load_safetensors  # noqa: E402
 from .sampler import HintedSampler, ShardShuffleSampler, shard_shuffle_order  # noqa: E402
 from .source import Source  # noqa: E402
 from .tokens import TokenDataset, write_tokens  # noqa: E402
@@ -28,6 +29,7 @@ __all__ = [
     "FileDataset",
     "HintedSampler",
     "RecordDataset",
+    "load_safetensors",
     "ShardShuffleSampler",
     "ShardedDataset",
     "Source",
