@@ -66,12 +66,29 @@ def test_pyarrow_and_pandas_read_parquet_through_the_cache(
     config = blocks_config(cache_dirs)
     fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=s3_server.options)
     assert pq.read_table(f"{bucket}/p/t.parquet", filesystem=fs).equals(table)
-    frame = pd.read_parquet(
-        f"tiercache::s3://{bucket}/p/t.parquet", storage_options=_storage_options(config, s3_server)
-    )
+    # The form every pandas takes: a tiercache:// URL, the origin in the storage options.
+    options = {"config": config, "target_protocol": "s3", "target_options": s3_server.options}
+    frame = pd.read_parquet(f"tiercache://{bucket}/p/t.parquet", storage_options=options)
     assert frame["x"].to_numpy().tolist() == table.column("x").to_pylist()
     # One cache: the pandas read found every block that pyarrow's read had fetched.
     assert fs.stats()["origin"]["bytes"] <= len(data)
+
+
+def test_pandas_reads_a_chained_url_through_the_cache(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) < 3:
+        pytest.skip(
+            f"pandas {pd.__version__}: before 3.0, read_parquet rejects a chained URL "
+            "('a::b://') with 'storage_options passed with buffer, or non-supported URL'"
+        )
+    table, data = _parquet(row_groups=2)
+    put_objects(s3_server, bucket, {"c/t.parquet": data})
+    options = _storage_options(blocks_config(cache_dirs), s3_server)
+    frame = pd.read_parquet(f"tiercache::s3://{bucket}/c/t.parquet", storage_options=options)
+    assert frame["x"].to_numpy().tolist() == table.column("x").to_pylist()
 
 
 def test_hf_datasets_loads_parquet_through_the_cache(
