@@ -114,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("stopping: finishing requests in flight")
     finally:
+        # Withdraw the marker first: clients turned away while this engine drains may then
+        # take the lock the moment it is released, instead of waiting for this process.
+        remove_marker(config.index_path)
         if metrics is not None:
             metrics.close()
         cache.close(wait=True)
-        remove_marker(config.index_path)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     _status(args.json, {"event": "stopped", "pid": os.getpid()})
