@@ -255,15 +255,20 @@ class Cache:
                 self.engine_call("access", _oneway=True, records=records)
 
     # -- hints and warm-up ------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
+    def hint(
+        self, origin: Origin, paths: Sequence[str], cluster: Sequence[str] | None = None
+    ) -> None:
+        """``cluster``: every node's reads in the cluster's order (see ``Engine.hint``)."""
         stripped = [origin.strip(p) for p in paths]
+        everyone = None if cluster is None else [origin.strip(p) for p in cluster]
         engine = self._local_engine()
         if engine is not None:
-            engine.hint(origin, stripped)
+            engine.hint(origin, stripped, everyone)
         else:
             if origin.pickled is None:
                 origin.pickled = dump_origin(origin.fs)
-            self.engine_call("hint", _oneway=True, _payload=origin.pickled, paths=stripped)
+            extra = {} if everyone is None else {"cluster": everyone}
+            self.engine_call("hint", _oneway=True, _payload=origin.pickled, paths=stripped, **extra)
 
     # -- the engine: here, or reached over the socket -------------------------------------------
     def _local_engine(self) -> Engine | None:
@@ -361,9 +366,13 @@ class Cache:
             return {"status": "ok", "report": engine.verify(bool(header.get("repair")))}, b""
         if op == "clear":
             return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
+        if op.startswith("cluster_"):  # membership requests (tiercache.cluster.discovery)
+            if engine.cluster is None:
+                raise ValueError("this cache's config has no [cluster] table")
+            return {"status": "ok", **engine.cluster.request(header)}, b""
         origin = self._origin_from(payload)
         if op == "hint":
-            engine.hint(origin, header["paths"])
+            engine.hint(origin, header["paths"], header.get("cluster"))
             return None
         if op == "fetch":
             result = engine.fetch(origin, header["path"])
@@ -479,6 +488,10 @@ def open_cache(config: Config) -> Cache:
         cache = _CACHES.get(config.index_path)
         if cache is None:
             cache = _CACHES[config.index_path] = Cache(config)
+            if config.cluster is not None and config.cluster.discovery == "torch":
+                from .cluster.discovery import join_under_torchrun
+
+                join_under_torchrun(cache)  # local rank 0 publishes this node's engine
         elif cache.config.tiers != config.tiers:
             raise ValueError(
                 f"cache at {config.index_path} is already open with different tiers "

@@ -10,9 +10,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sizes import parse_size
+
+if TYPE_CHECKING:
+    from .cluster.settings import ClusterConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -113,6 +116,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: If set, every access is appended here as JSON lines (``tiercache simulate`` reads it).
     trace: Path | None = None
+    #: ``[cluster]``: engines on other nodes this one pools its tiers with (None: alone).
+    cluster: ClusterConfig | None = None
     #: Where the config came from, for messages.
     source: str = "<dict>"
 
@@ -195,6 +200,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
     )
     index_reader.done()
     trace = reader.pop("trace", str, default="")
+    cluster = _cluster_section(reader)
     reader.done()
     return Config(
         tiers=tiers,
@@ -206,8 +212,21 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
         origin=origin_cfg,
         metrics=metrics,
         trace=_path(trace, "trace") if trace else None,
+        cluster=cluster,
         source=origin,
     )
+
+
+def _cluster_section(reader: _Reader) -> ClusterConfig | None:
+    raw = reader.pop("cluster", dict, default=None)
+    if raw is None:
+        return None
+    from .cluster.settings import parse_cluster
+
+    sub = _Reader(raw, reader.origin, prefix="cluster.")
+    value = parse_cluster(sub)
+    sub.done()
+    return value
 
 
 class _Reader:

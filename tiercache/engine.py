@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lmdb
 
@@ -44,6 +45,9 @@ from .prefetch import Prefetcher
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
 log = logging.getLogger("tiercache.engine")
 
 
@@ -53,6 +57,7 @@ class FetchResult:
 
     entry: Entry | None
     data: Buffer
+    version: str = ""  # the origin version of ``data``
 
 
 class Engine:
@@ -88,12 +93,17 @@ class Engine:
         # Room for what prefetch holds ahead plus as much again for readers of recent misses.
         self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
+        #: Peers this node pools its tiers with (``[cluster]``); wraps the policies, so it
+        #: comes before the rebuild replays the index into them.
+        self.cluster = attach_cluster(self)
         #: What this engine found and fixed when it started (shown by ``verify``).
         self.reconciled_at_start = self.rebuild()
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
         self._housekeeper.start()
+        if self.cluster is not None:
+            self.cluster.start()
 
     # -- start-up -----------------------------------------------------------------------------
     def rebuild(self) -> dict[str, int]:
@@ -149,8 +159,14 @@ class Engine:
         return report
 
     # -- misses ---------------------------------------------------------------------------------
-    def fetch(self, origin: Origin, path: str, *, prefetch: bool = False) -> FetchResult:
-        """Read ``path`` from the origin once, however many callers ask at the same time."""
+    def fetch(
+        self, origin: Origin, path: str, *, prefetch: bool = False, via_peers: bool = True
+    ) -> FetchResult:
+        """Read ``path`` from the origin once, however many callers ask at the same time.
+
+        With ``[cluster]``, a key another node owns is read from that node instead;
+        ``via_peers=False`` (a peer's own request) always reads the origin.
+        """
         key = origin.key(path)
         with self._inflight_lock:
             future = self._inflight.get(key)
@@ -162,7 +178,7 @@ class Engine:
             self.counters.add("singleflight_waits")
             return future.result()
         try:
-            result = self._fetch_and_place(origin, path, key, prefetch)
+            result = self._fetch_and_place(origin, path, key, prefetch, via_peers)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -174,20 +190,24 @@ class Engine:
             if not prefetch:
                 self._prefetch.consumed(blob_id_for(key))
 
-    def _fetch_and_place(self, origin: Origin, path: str, key: str, prefetch: bool) -> FetchResult:
+    def _fetch_and_place(
+        self, origin: Origin, path: str, key: str, prefetch: bool, via_peers: bool = True
+    ) -> FetchResult:
         current = self.index.get(key)
         if current is not None:
             # Someone stored it while we queued (another engine thread, a prefetch).
             with contextlib.suppress(FileNotFoundError, CorruptBlobError):
                 data = self.stores[current.tier].get(current.blob_id, current.blob)
-                return FetchResult(current, data)
+                return FetchResult(current, data, current.version)
         held = self._unstored.get(key)
         if held is not None:
             # Fetched moments ago (by a prefetch, or for another reader) but no tier took it:
             # serve it again rather than read the origin again. A reader's access may still
             # earn it a place now.
             if prefetch:
-                return FetchResult(None, held.data)
+                return FetchResult(None, held.data, held.version)
+        elif self.cluster is not None and via_peers:
+            held = self.cluster.fetch(origin, path, key)  # from the key's owner, or the origin
         else:
             started = time.time()  # the version was current at some instant after this
             fetched = origin.fetch(path)
@@ -197,7 +217,7 @@ class Engine:
             self._unstored.put(key, held, read=not prefetch)
         else:
             self._unstored.drop(key)
-        return FetchResult(entry, held.data)
+        return FetchResult(entry, held.data, held.version)
 
     def admit(self, key: str, held: Held, *, prefetch: bool = False) -> Entry | None:
         """Store fetched bytes by policy; returns the entry, or None if no tier took it.
@@ -214,9 +234,18 @@ class Engine:
             if not prefetch:
                 for policy in self.policies:
                     policy.record(blob_id, len(data))
+        try:
+            return self._admit_into_tiers(key, blob_id, held, prefetch)
+        finally:
+            if held.staged is not None:  # received into a tier that did not keep it
+                held.staged.discard()
+
+    def _admit_into_tiers(self, key: str, blob_id: str, held: Held, prefetch: bool) -> Entry | None:
+        data = held.data
         for tier in range(self.admission_tier, len(self.stores)):
             store = self.stores[tier]
-            stored, compressed = store.encode(data)
+            pre = held.staged if held.staged_tier == tier else None
+            stored, compressed = (data, False) if pre is not None else store.encode(data)
             with self._lock:
                 policy = self.policies[tier]
                 wanted = policy.admit_ahead if prefetch else policy.admit
@@ -228,7 +257,7 @@ class Engine:
             try:
                 # The origin's check already hashed these bytes: no second pass over them.
                 known = None if compressed else held.crc32
-                staged: Staged | None = store.stage(
+                staged: Staged | None = pre or store.stage(
                     blob_id, stored, compressed, len(data), checksum=known
                 )
             except OSError as exc:
@@ -247,7 +276,7 @@ class Engine:
             if entry is not None:
                 self.counters.add("admissions", tier=tier)
                 return entry
-            if staged is not None:
+            if staged is not None and staged is not pre:
                 staged.discard()
         self.counters.add("not_admitted")
         return None
@@ -579,8 +608,16 @@ class Engine:
             return True
 
     # -- hints ------------------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
-        """The consumer's upcoming reads, in order: prefetch them and tell the policies."""
+    def hint(
+        self, origin: Origin, paths: Sequence[str], cluster: Sequence[str] | None = None
+    ) -> None:
+        """The consumer's upcoming reads, in order: prefetch them and tell the policies.
+
+        ``cluster``: every node's upcoming reads in the cluster's time order; with
+        ``[cluster]`` the plan is this node's reads plus the keys it owns that others read.
+        """
+        if self.cluster is not None and cluster is not None:
+            paths = self.cluster.plan(origin, paths, cluster)
         keys = [origin.key(p) for p in paths]
         blob_ids = [blob_id_for(k) for k in keys]
         with self._lock:
@@ -629,6 +666,8 @@ class Engine:
 
     def close(self) -> None:
         self._stop.set()
+        if self.cluster is not None:
+            self.cluster.close()
         self._prefetch.stop()
         self._housekeeper.join(timeout=5)
         with contextlib.suppress(Exception):
@@ -656,3 +695,12 @@ def disk_full(exc: BaseException) -> bool:
     if isinstance(exc, lmdb.DiskError):
         return "space" in str(exc).lower() or "quota" in str(exc).lower()
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def attach_cluster(engine: Engine) -> Cluster | None:
+    """The engine's peer layer when the config has ``[cluster]`` (see tiercache.cluster)."""
+    if engine.config.cluster is None:
+        return None
+    from .cluster import Cluster
+
+    return Cluster(engine, engine.config.cluster)

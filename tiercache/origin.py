@@ -371,6 +371,19 @@ class Origin:
         size = None if info is None else info.get("size")
         return size if isinstance(size, int) else None
 
+    def version_in_hand(self, path: str, max_age: float) -> str | None:
+        """The object's version from a listing this process already holds, at most
+        ``max_age`` seconds old; None without one. Never sends a request (a peer's answer is
+        checked against it: cheap when known, skipped when not)."""
+        parent = posixpath.dirname(self.strip(path).rstrip("/"))
+        cached = self._listings.get(parent)
+        if cached is None or time.monotonic() - cached[0] > max_age:
+            return None
+        info = self.listed(path, max_age=float("inf"))
+        if info is None or info.get("type") == "directory":
+            return None
+        return object_version(info)
+
     def version_from_listing(self, path: str, max_age: float) -> str | None:
         """The object's current version from its parent's listing; None if it is gone."""
         info = self.listed(path, max_age=max_age)

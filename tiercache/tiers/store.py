@@ -164,6 +164,22 @@ class TierStore:
         meta = BlobMeta(len(stored), checksum, compressed, False, st.st_ino, st.st_mtime_ns)
         return Staged(blob_id, meta, tmp=tmp)
 
+    def stage_file(self, blob_id: str, size: int) -> StagingFile:
+        """A temporary blob file of ``size`` bytes to be filled in place (a peer's answer
+        received straight into this tier, with no buffer in between); see :class:`StagingFile`.
+        """
+        tmp = self.tmp_dir / f"{_TMP_PREFIX}{blob_id}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size) if size else None
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return StagingFile(blob_id, tmp, fd, mm, self._durable)
+
     def publish(self, staged: Staged) -> BlobMeta:
         """Make a staged blob visible under its id (a rename: atomic, and keeps inode and
         mtime, so the identity recorded at staging stays true)."""
@@ -370,6 +386,45 @@ class TierStore:
             except Exception:
                 _ABANDONED.append(self._small)
             self._small = None
+
+
+class StagingFile:
+    """A blob file being filled through a writable mapping: ``view`` takes the bytes,
+    :meth:`finish` makes it a :class:`Staged` blob (synced, identity recorded), ``discard``
+    removes it. Its name is a temporary one until publishing, so a killed writer leaves only
+    what the start-up sweep removes."""
+
+    def __init__(
+        self, blob_id: str, tmp: Path, fd: int, mm: mmap.mmap | None, durable: bool
+    ) -> None:
+        self.blob_id = blob_id
+        self.tmp = tmp
+        self._fd = fd
+        self._mm = mm
+        self._durable = durable
+        self.view = memoryview(mm) if mm is not None else memoryview(bytearray())
+
+    def finish(self, checksum: int) -> tuple[Staged, memoryview]:
+        """(the staged blob, a read-only view of its bytes, valid as long as it is held)."""
+        size = len(self.view)
+        try:
+            if self._durable:
+                if self._mm is not None:
+                    self._mm.flush()
+                os.fsync(self._fd)
+            st = os.fstat(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        meta = BlobMeta(size, checksum, False, False, st.st_ino, st.st_mtime_ns)
+        return Staged(self.blob_id, meta, tmp=self.tmp), self.view.toreadonly()
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
 
 
 #: Per process and tier, at most this many bytes and blobs stay mapped for fast hits.

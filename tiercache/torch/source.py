@@ -143,12 +143,18 @@ class Source:
             f.close()
 
     # -- cache control ----------------------------------------------------------------------------
-    def hint(self, paths: Sequence[str]) -> None:
-        """Tell the cache the upcoming read order; a no-op when reading the origin directly."""
+    def hint(self, paths: Sequence[str], cluster: Sequence[str] | None = None) -> None:
+        """Tell the cache the upcoming read order; a no-op when reading the origin directly.
+
+        ``cluster``: every node's upcoming reads, in the cluster's order (node-aware sampling).
+        """
         fs = self.fs
         hint = getattr(fs, "hint", None)
         if hint is not None and paths:
-            hint(list(paths))
+            if cluster is None:
+                hint(list(paths))
+            else:
+                hint(list(paths), cluster=list(cluster))
 
     def stats(self) -> dict[str, Any]:
         """The node cache's statistics (empty when reading the origin directly)."""
