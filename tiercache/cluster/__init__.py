@@ -76,9 +76,7 @@ class Cluster:
         self._warned: set[str] = set()
         if config.discovery == "static":
             self_address = find_self(config)  # a ConfigError names the fix
-            members = [
-                Member(p.address, float(p.capacity or 1), self.token) for p in config.peers
-            ]
+            members = [Member(p.address, float(p.capacity or 1), self.token) for p in config.peers]
             self.ring = Ring(members, self_address)
         else:
             self._load_members()
@@ -158,9 +156,18 @@ class Cluster:
             self.ring = None  # alone until this node's rank 0 publishes it
 
     def is_replica(self, blob_id: str) -> bool:
-        """Whether another node owns ``blob_id`` (then a copy here is only a replica)."""
+        """Whether a copy of ``blob_id`` here is only a replica: another node owns it and is
+        up. While the owner is down, the first live node in its ranking stands in for it and
+        keeps the key as its own (else it would refetch it from the origin for everyone)."""
         ring = self.ring
-        return ring is not None and len(ring) > 1 and not ring.owns(blob_id)
+        if ring is None or len(ring) == 1 or ring.owns(blob_id):
+            return False
+        for member in ring.ranking(blob_id):
+            if member.address == ring.self_address:
+                return False
+            if self.health.is_up(member.address):
+                return True
+        return False
 
     def request(self, header: dict[str, Any]) -> dict[str, Any]:
         """Engine requests from the node's processes (``discovery.py``)."""
