@@ -214,7 +214,8 @@ class Engine:
             held = Held(fetched.data, fetched.version, started, fetched.crc32)
         entry = self.admit(key, held, prefetch=prefetch)
         if entry is None:
-            self._unstored.put(key, held, read=not prefetch)
+            # Held without its staged file: admit discarded that (a later admit stages anew).
+            self._unstored.put(key, held._replace(staged=None), read=not prefetch)
         else:
             self._unstored.drop(key)
         return FetchResult(entry, held.data, held.version)

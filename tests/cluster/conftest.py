@@ -114,5 +114,6 @@ def cluster(network: tuple[netns.Net, netns.Origin, Path]) -> Iterator[Cluster]:
             netns.stop(proc)
         node.processes.clear()
     for i in range(len(net.nodes)):
-        shutil.rmtree(f"/dev/shm/tcc{tag}-n{i}", ignore_errors=True)
+        for path in Path("/dev/shm").glob(f"tcc{tag}-n{i}*"):
+            shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ __all__ = ["Cluster", "Member", "Ring", "read_state"]
 STATE_FILE = "cluster.json"  # what stats and metrics show: members and who is up
 MEMBERS_FILE = "cluster-members.json"  # a learned membership, for a restarted engine
 TOKEN_FILE = "cluster.token"  # this engine's own token when the config names none
+_ASKED_MAX = 1 << 18
 
 
 class Cluster:
@@ -74,6 +76,9 @@ class Cluster:
         self.run: str | None = None  # the torchrun run a learned membership belongs to
         self._state_lock = threading.Lock()
         self._warned: set[str] = set()
+        #: Keys of other owners that peers asked this node for: it stands in for the owner
+        #: (down, as the peer found), so it keeps them as its own rather than as replicas.
+        self._asked: OrderedDict[str, None] = OrderedDict()
         if config.discovery == "static":
             self_address = find_self(config)  # a ConfigError names the fix
             members = [Member(p.address, float(p.capacity or 1), self.token) for p in config.peers]
@@ -160,7 +165,7 @@ class Cluster:
         up. While the owner is down, the first live node in its ranking stands in for it and
         keeps the key as its own (else it would refetch it from the origin for everyone)."""
         ring = self.ring
-        if ring is None or len(ring) == 1 or ring.owns(blob_id):
+        if ring is None or len(ring) == 1 or ring.owns(blob_id) or blob_id in self._asked:
             return False
         for member in ring.ranking(blob_id):
             if member.address == ring.self_address:
@@ -283,6 +288,16 @@ class Cluster:
                 seen.add(path)
         out.extend(p for p in paths if p not in seen)
         return out
+
+    def asked_for(self, key: str) -> None:
+        """A peer asked this node for ``key``: if another node owns it, stand in for it."""
+        blob_id = blob_id_for(key)
+        ring = self.ring
+        if ring is None or ring.owns(blob_id):
+            return
+        self._asked[blob_id] = None
+        while len(self._asked) > _ASKED_MAX:
+            self._asked.popitem(last=False)
 
     # -- the serving side ----------------------------------------------------------------------
     def authorized(self, header: str) -> bool:

@@ -235,6 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         want = self.headers.get(p.WANT_VERSION) or None
         requester = self.headers.get(p.NODE, "")
         engine = cluster.engine
+        cluster.asked_for(key)
         for _ in range(4):
             entry = engine.index.get(key)
             if entry is not None and cluster.freshness.current(origin, path, key, entry, want):
