@@ -9,8 +9,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.cluster.conftest import PORT, Cluster
 from tiercache.cluster.ring import Member, Ring
 
@@ -138,5 +136,3 @@ def test_requests_without_the_cluster_token_are_refused(cluster: Cluster) -> Non
     assert _get(f"{base}/cluster/v1/hello", "not-the-token-at-all") == 401
     assert _get(blob, None) == 401
     assert _get(f"{base}/cluster/v1/hello", cluster.token) == 200
-
-
