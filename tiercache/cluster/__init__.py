@@ -184,7 +184,7 @@ class Cluster:
         if op == "cluster_join":
             members = [Member(m["address"], float(m["weight"]), m["token"])
                        for m in header["members"]]  # fmt: skip
-            ring = self.install(members, header["self"], header.get("run"))
+            ring = self.install(members, header["me"], header.get("run"))
             return {"fingerprint": ring.fingerprint, "members": len(ring)}
         raise ValueError(f"unknown cluster request {op!r}")
 

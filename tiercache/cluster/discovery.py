@@ -91,7 +91,7 @@ def join(cache: Cache, layout: dict[str, Any]) -> list[dict[str, Any]]:
     keys = [f"{prefix}{i}" for i in range(layout["nodes"])]
     store.wait(keys, timeout)
     members = [json.loads(store.get(k)) for k in keys]
-    cache.engine_call("cluster_join", members=members, self=address, run=layout["run"])
+    cache.engine_call("cluster_join", members=members, me=address, run=layout["run"])
     log.info("joined a cluster of %d node(s) as %s", len(members), address)
     return members
 
