@@ -33,9 +33,12 @@ from .counters import Counters
 from .engine import Engine
 from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
+from .localfs import refuse_network
 from .origin import Origin, OriginError
 from .security import ensure_private_dir
+from .service import live_service
 from .tiers.store import Buffer, CorruptBlobError, TierStore
+from .verified import VerifiedTable
 
 log = logging.getLogger("tiercache")
 
@@ -66,21 +69,27 @@ class Cache:
 
     def _open(self) -> None:
         config = self.config
+        if not config.allow_network_fs:
+            refuse_network(config.index_path, "index.path")
+            for tier in config.tiers:
+                refuse_network(tier.path, f"tier {tier.name!r} path")
         self.pid = os.getpid()
         self.index = Index(config.index_path, config.tier_names)
         self.stores = [TierStore(t) for t in config.tiers]
         self.counters = Counters(config.index_path / "stats")
+        self.verified = VerifiedTable(config.index_path)
         self._always_verify = [t.verify == "always" for t in config.tiers]
         self._engine: Engine | None = None
         self._server: EngineServer | None = None
         self._lock_fd = -1
         self._link = EngineLink(config.index_path / "engine.sock")
-        self._elect_lock = threading.Lock()
+        self._elect_lock = threading.RLock()
+        #: Set by ``tiercache engine``: this process is the node's engine service.
+        self.is_service = False
         self._access: list[list[Any]] = []
         self._access_since = time.monotonic()
         self._access_lock = threading.Lock()
         self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
-        self._validated: dict[str, float] = {}  # key -> when last checked against origin
         self._trace_fd = -1
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.
@@ -160,8 +169,27 @@ class Cache:
             if entry.blob.small or entry.blob.compressed:
                 return Blob(entry, store.get(entry.blob_id, entry.blob))
             verify = self._always_verify[entry.tier]
-            return Blob(entry, store.mapped(entry.blob_id, entry.blob, verify=verify))
+            ttl = self.config.tiers[entry.tier].verify_ttl_seconds
+            if verify and self.verified.fresh(entry.blob_id, entry.blob, ttl):
+                verify = False  # another process on the node hashed this very file lately
+            view = store.mapped(entry.blob_id, entry.blob, verify=verify)
+            if verify:
+                self.counters.add("read_verifications")
+                if ttl > 0:
+                    self.verified.record(entry.blob_id, entry.blob)
+            return Blob(entry, view)
         except FileNotFoundError:
+            if store.wiped():
+                store.reopen()
+            current = self.index.get(entry.key)
+            if current is not None and (current.tier, current.blob) == (entry.tier, entry.blob):
+                # Not moved by the engine (that changes the entry first): the file is gone
+                # under a live entry, e.g. a job epilogue wiped /dev/shm. Drop the entry;
+                # the caller's next look finds none and refetches.
+                log.warning(
+                    "%s: its blob in tier %s is gone; refetching", entry.key, store.config.name
+                )
+                self.engine_call("invalidate", key=entry.key)
             return None
         except CorruptBlobError as exc:
             log.warning("%s: %s; refetching from the origin", entry.key, exc)
@@ -170,36 +198,41 @@ class Cache:
             return None
 
     def _fresh(self, origin: Origin, path: str, key: str, entry: Entry) -> bool:
-        """Whether the cached copy may be served under the ``[validation]`` rules."""
+        """Whether the cached copy may be served under the ``[validation]`` rules.
+
+        ``ttl``: an entry fetched or validated by any process less than ``ttl_seconds`` ago
+        (``fetched_at`` in the index) is fresh; an older one is validated by the engine,
+        once for the whole node, which records the time in the index for every process.
+        ``always``: every open asks the origin, from this process.
+        """
         mode = self.config.validation.mode
         if mode == "never" or origin.config.offline:
             return True
-        ttl = self.config.validation.ttl_seconds
-        now = time.monotonic()
-        if mode == "ttl" and (
-            now - self._validated.get(key, -1e18) < ttl
-            # Fetched by any process less than ttl ago: the fetch itself validated it. This
-            # keeps DataLoader workers from each listing the origin (and building an S3
-            # client, a second of CPU) for shards the engine prefetched for them.
-            or 0 <= time.time() - entry.fetched_at < ttl
-        ):
-            return True
+        if mode == "ttl":
+            if 0 <= time.time() - entry.fetched_at < self.config.validation.ttl_seconds:
+                return True
+            return self._validated_by_engine(origin, path)
         try:
-            if mode == "always":
-                current: str | None = _version_of(origin, path)
-            else:
-                current = origin.version_from_listing(path, max_age=ttl)
+            current: str | None = _version_of(origin, path)
         except OriginError:
             return True  # an unreachable origin still serves what is cached
         except FileNotFoundError:
             current = None
         if current == entry.version:
-            self._validated[key] = now
             return True
         log.info("%s changed at the origin (%s -> %s); refetching", key, entry.version, current)
         self.counters.add("stale_refetches")
         self.engine_call("invalidate", key=key)
         return False
+
+    def _validated_by_engine(self, origin: Origin, path: str) -> bool:
+        engine = self._local_engine()
+        if engine is not None:
+            return engine.validate(origin, path)
+        if origin.pickled is None:
+            origin.pickled = dump_origin(origin.fs)
+        reply, _ = self.engine_call("validate", _payload=origin.pickled, path=origin.strip(path))
+        return bool(reply["fresh"])
 
     def _miss(self, origin: Origin, path: str, key: str, want_data: bool) -> Blob | None:
         """Have the engine fetch ``path``. Returns the bytes in hand, or None when they are
@@ -211,7 +244,6 @@ class Cache:
         engine = self._local_engine()
         if engine is not None:
             result = engine.fetch(origin, path)
-            self._validated[key] = time.monotonic()
             if result.entry is None:
                 return Blob(_uncached_entry(key, result.data), result.data)
             return Blob(result.entry, result.data)
@@ -220,7 +252,6 @@ class Cache:
         reply, payload = self.engine_call(
             "fetch", _payload=origin.pickled, path=origin.strip(path), want_data=want_data
         )
-        self._validated[key] = time.monotonic()
         if reply["status"] == "data":
             return Blob(_uncached_entry(key, payload), payload)
         return None
@@ -256,19 +287,28 @@ class Cache:
 
     # -- hints and warm-up ------------------------------------------------------------------------
     def hint(
-        self, origin: Origin, paths: Sequence[str], cluster: Sequence[str] | None = None
+        self,
+        origin: Origin,
+        paths: Sequence[str],
+        stream: str = "",
+        cluster: Sequence[str] | None = None,
     ) -> None:
-        """``cluster``: every node's reads in the cluster's order (see ``Engine.hint``)."""
+        """This process's upcoming reads (``stream`` tells apart several plans of one
+        process); the engine merges them with every other reader's on the node.
+        ``cluster``: every node's reads in the cluster's order (see ``Engine.hint``)."""
         stripped = [origin.strip(p) for p in paths]
         everyone = None if cluster is None else [origin.strip(p) for p in cluster]
         engine = self._local_engine()
+        name = f"{os.getpid()}:{stream}"
         if engine is not None:
-            engine.hint(origin, stripped, everyone)
+            engine.hint(origin, stripped, (os.getpid(), name), everyone)
         else:
             if origin.pickled is None:
                 origin.pickled = dump_origin(origin.fs)
             extra = {} if everyone is None else {"cluster": everyone}
-            self.engine_call("hint", _oneway=True, _payload=origin.pickled, paths=stripped, **extra)
+            self.engine_call(
+                "hint", _oneway=True, _payload=origin.pickled, paths=stripped, stream=name, **extra
+            )
 
     # -- the engine: here, or reached over the socket -------------------------------------------
     def _local_engine(self) -> Engine | None:
@@ -292,31 +332,82 @@ class Cache:
         """Become the engine if nobody holds the lock; otherwise wait until one answers.
 
         Waiting keeps trying the lock too: an engine that hands over (exits, drains, dies)
-        releases it, and one of the waiting processes must pick it up.
+        releases it, and one of the waiting processes must pick it up. While a live engine
+        service is announced (``tiercache engine``, see ``service.py``), the lock is left
+        to it: clients wait for its socket instead.
         """
-        lock_path = self.config.index_path / "engine.lock"
         deadline = time.monotonic() + timeout
         with self._elect_lock:
             while self._engine is None:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    with contextlib.suppress(EngineUnavailable):
-                        self._link.request({"op": "ping"})
+                service = live_service(self.config.index_path)
+                if service is None:
+                    fd = _try_lock(self.config.index_path / "engine.lock")
+                    if fd is not None:
+                        self._become_engine(fd)
                         return
-                    if time.monotonic() > deadline:
-                        raise EngineUnavailable(
-                            f"no engine answered for {self.config.index_path} in {timeout:.0f} s"
-                        ) from None
-                    time.sleep(0.02)
-                    continue
-                os.set_inheritable(fd, False)
-                self._lock_fd = fd
-                self._engine = Engine(self.config, self.index, self.stores, self.counters)
-                self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
-                log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
+                with contextlib.suppress(EngineUnavailable):
+                    self._link.request({"op": "ping"})
+                    return
+                if time.monotonic() > deadline:
+                    who = f"the engine service (pid {service})" if service else "no engine"
+                    raise EngineUnavailable(
+                        f"{who} answered for {self.config.index_path} in {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.02)
+
+    def take_over(self, timeout: float = 60.0) -> None:
+        """Become the engine even if another process is it now (``tiercache engine``).
+
+        An embedded engine is asked to hand over: it finishes the requests it is serving,
+        releases the lock and carries on as a client. Raises EngineUnavailable if the lock
+        is not free within ``timeout`` (the holder refused, or hangs).
+        """
+        deadline = time.monotonic() + timeout
+        lock_path = self.config.index_path / "engine.lock"
+        refusal = ""
+        with self._elect_lock:
+            while self._engine is None:
+                fd = _try_lock(lock_path)
+                if fd is not None:
+                    self._become_engine(fd)
+                    return
+                if not refusal:
+                    with contextlib.suppress(EngineUnavailable):
+                        reply, _ = self._link.request({"op": "handover"})
+                        if reply.get("status") == "error":
+                            refusal = reply.get("message", "refused")
+                    self._link.reset()
+                if time.monotonic() > deadline:
+                    why = f": {refusal}" if refusal else ""
+                    raise EngineUnavailable(
+                        f"the engine of {self.config.index_path} did not hand over in "
+                        f"{timeout:.0f} s{why}"
+                    )
+                time.sleep(0.05)
+
+    def _become_engine(self, lock_fd: int) -> None:
+        os.set_inheritable(lock_fd, False)
+        self._lock_fd = lock_fd
+        self._engine = Engine(self.config, self.index, self.stores, self.counters, self.verified)
+        self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
+        log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
+
+    def _resign(self, wait: bool = True) -> None:
+        """Stop being the engine: requests being served finish, new ones are turned away
+        (clients wait for the next engine), then the lock is released. This process stays
+        a client of whoever takes over. ``wait``: let this process's own fetches in
+        flight finish first (a hand-over; at exit they are simply abandoned)."""
+        if self._server is not None:
+            self._server.drain()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close(wait=wait)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def engine_call(
         self, op: str, _payload: bytes = b"", _oneway: bool = False, **fields: Any
@@ -355,6 +446,13 @@ class Cache:
         op = header["op"]
         if op == "ping":
             return {"status": "ok", "pid": os.getpid()}, b""
+        if op == "handover":
+            if self.is_service:
+                raise RuntimeError(
+                    f"the engine service (pid {os.getpid()}) does not hand over; stop it first"
+                )
+            threading.Thread(target=self._resign, name="tiercache-handover", daemon=True).start()
+            return {"status": "ok"}, b""
         if op == "access":
             for blob_id, tier, size in header["records"]:
                 engine.record_access(blob_id, tier, size)
@@ -372,8 +470,13 @@ class Cache:
             return {"status": "ok", **engine.cluster.request(header)}, b""
         origin = self._origin_from(payload)
         if op == "hint":
-            engine.hint(origin, header["paths"], header.get("cluster"))
+            # The sender's pid as this process sees it (0 across pid namespaces): the stream
+            # stops counting when that process dies.
+            stream = (int(header.get("peer_pid", 0)), str(header.get("stream", "")))
+            engine.hint(origin, header["paths"], stream, header.get("cluster"))
             return None
+        if op == "validate":
+            return {"status": "ok", "fresh": engine.validate(origin, header["path"])}, b""
         if op == "fetch":
             result = engine.fetch(origin, header["path"])
             if result.entry is None or header.get("want_data"):
@@ -398,26 +501,16 @@ class Cache:
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         """Hand the engine over (if this process runs it) and release handles.
 
         Requests already being served finish first: new ones are turned away, clients wait
         for the lock, and the first to get it becomes the next engine. Nothing in flight is
-        lost or read twice.
+        lost or read twice. ``wait``: this process's own fetches in flight finish too.
         """
         _LIVE.discard(self)  # a closed cache is not reopened in forked children
         self.flush_access()
-        if self._server is not None:
-            self._server.drain()
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._resign(wait=wait)
         self._link.reset()
 
     def _after_fork(self) -> None:
@@ -425,6 +518,7 @@ class Cache:
         if self.pid == os.getpid():
             return
         self.index.abandon()
+        self.verified.abandon()
         for store in self.stores:
             store.abandon()
         self.counters.after_fork()
@@ -444,6 +538,17 @@ class Cache:
     @property
     def engine(self) -> Engine | None:
         return self._local_engine()
+
+
+def _try_lock(path: Path) -> int | None:
+    """An exclusive flock on ``path``: its descriptor, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _version_of(origin: Origin, path: str) -> str:

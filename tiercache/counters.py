@@ -66,6 +66,7 @@ GLOBAL = (
     "origin_list_ok",
     "origin_list_not_found",
     "origin_list_error",
+    "read_verifications",  # disk-tier blobs hashed on the read path (shared node-wide)
     # [cluster]: reads a peer answered, the bytes received for them, bytes served to peers.
     "peer_hits",
     "peer_bytes",

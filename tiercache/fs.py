@@ -76,7 +76,9 @@ class TierCacheFileSystem(ChainedFileSystem):
     def origin(self) -> Origin:
         """The origin, re-created in a forked child: async filesystems (s3fs) cannot cross a
         fork, their event loop thread stays behind in the parent."""
-        if self._pid != os.getpid():
+        # Not fsspec's ``_pid``: fsspec resets that class attribute in the child as soon as
+        # any filesystem is made there, so it cannot tell this instance crossed a fork.
+        if self._forks != cache_module.FORKS:
             self.fs = pickle.loads(pickle.dumps(self.fs))
             self._origin = self.cache.origin_for(self.fs)
             self._forks = cache_module.FORKS
@@ -167,15 +169,19 @@ class TierCacheFileSystem(ChainedFileSystem):
     rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse
 
     # -- cache control ----------------------------------------------------------------------------
-    def hint(self, paths: Sequence[str], cluster: Sequence[str] | None = None) -> None:
+    def hint(
+        self, paths: Sequence[str], stream: str = "", cluster: Sequence[str] | None = None
+    ) -> None:
         """Tell the cache the order of upcoming reads: it prefetches them, and clairvoyant
         eviction (``belady``) plans with them.
 
-        ``cluster``: the reads of every node of a ``[cluster]`` in the cluster's order, so
-        this node also prepares the keys it owns that other nodes will ask it for.
-        """
+        Every process's hints merge into the node's plan; a new hint replaces only this
+        process's earlier one with the same ``stream`` label (use one label per dataset
+        when a process reads several). ``cluster``: the reads of every node of a
+        ``[cluster]`` in the cluster's order, so this node also prepares the keys it owns
+        that other nodes will ask it for."""
         everyone = None if cluster is None else [self._strip_protocol(p) for p in cluster]
-        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths], everyone)
+        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths], stream, everyone)
 
     def warm(
         self,

@@ -53,8 +53,8 @@ class Entry:
     last_access: float = 0.0
     hits: int = 0
     blob_id: str = field(default="", compare=False)
-    #: Wall-clock time the bytes were read from the origin: ``version`` was current then,
-    #: which is as good as a validation at that moment, for every process on the node.
+    #: Wall-clock time ``version`` was last known current: when the bytes were read from
+    #: the origin, or when the engine last validated them, for every process on the node.
     fetched_at: float = 0.0
 
     def __post_init__(self) -> None:

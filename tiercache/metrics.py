@@ -241,6 +241,12 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
         [([], stats["checksum_failures"])],
     )
     counter(
+        "tiercache_read_verifications",
+        "Disk-tier blobs hashed on the read path (once per blob and verify_ttl_seconds).",
+        [],
+        [([], stats["read_verifications"])],
+    )
+    counter(
         "tiercache_stale_refetches",
         "Cached objects found changed at the origin.",
         [],

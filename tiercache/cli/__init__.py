@@ -11,6 +11,7 @@ from collections.abc import Sequence
 #: ``register(subparsers) -> None``, which adds a parser whose ``func(args) -> int`` runs it.
 COMMANDS = (
     "demo",
+    "engine",
     "warm",
     "stats",
     "clear",

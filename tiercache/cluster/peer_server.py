@@ -401,37 +401,29 @@ def _crc_of_range(fd: int, start: int, end: int) -> int:
 
 class Freshness:
     """Whether an owner's copy may go to a peer: the node's ``[validation]`` rules, as for
-    its own readers, plus the requester's word when it knows the current version."""
+    its own readers (a TTL validation is the engine's, once for the node), plus the
+    requester's word when it knows the current version to be another one."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self._validated: dict[str, float] = {}
 
     def current(self, origin: Origin, path: str, key: str, entry: Entry, want: str | None) -> bool:
         engine = self.cluster.engine
         rules = engine.config.validation
-        now = time.monotonic()
         if want is None or want == entry.version:
             if rules.mode == "never" or origin.config.offline:
                 return True
-            if rules.mode == "ttl" and (
-                0 <= time.time() - entry.fetched_at < rules.ttl_seconds
-                or now - self._validated.get(key, -1e18) < rules.ttl_seconds
-            ):
-                return True
-        try:
-            if rules.mode == "always" or want is not None:
-                current: str | None = object_version(origin.info(path, refresh=True))
-            else:
-                current = origin.version_from_listing(path, max_age=rules.ttl_seconds)
+            if rules.mode == "ttl":
+                if 0 <= time.time() - entry.fetched_at < rules.ttl_seconds:
+                    return True
+                return engine.validate(origin, path)
+        try:  # "always", or the requester knows better: ask the origin now
+            current: str | None = object_version(origin.info(path, refresh=True))
         except OriginError:
             return True  # an unreachable origin still serves what is cached
         except FileNotFoundError:
             current = None
         if current == entry.version:
-            if len(self._validated) > 100_000:
-                self._validated.clear()
-            self._validated[key] = now
             return True
         log.info("%s changed at the origin (%s -> %s); refetching for a peer",
                  key, entry.version, current)  # fmt: skip

@@ -146,15 +146,16 @@ class Source:
     def hint(self, paths: Sequence[str], cluster: Sequence[str] | None = None) -> None:
         """Tell the cache the upcoming read order; a no-op when reading the origin directly.
 
-        ``cluster``: every node's upcoming reads, in the cluster's order (node-aware sampling).
-        """
+        The dataset's URL names the plan, so a process's training and validation datasets
+        each keep theirs in the node's merged plan. ``cluster``: every node's upcoming reads,
+        in the cluster's order (node-aware sampling)."""
         fs = self.fs
         hint = getattr(fs, "hint", None)
         if hint is not None and paths:
             if cluster is None:
-                hint(list(paths))
+                hint(list(paths), stream=self.url)
             else:
-                hint(list(paths), cluster=list(cluster))
+                hint(list(paths), stream=self.url, cluster=list(cluster))
 
     def stats(self) -> dict[str, Any]:
         """The node cache's statistics (empty when reading the origin directly)."""

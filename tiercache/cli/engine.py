@@ -1,0 +1,120 @@
+"""``tiercache engine``: the node's engine as a foreground service (systemd, Kubernetes).
+
+Without it, the engine runs inside whichever process first needs it: a training rank, or a
+DataLoader worker that then rebuilds it every epoch. As a service it runs on CPUs of its own,
+outlives jobs, and every process on the node that opens the same cache uses it. It takes
+over from an engine embedded in a running process (which hands over cleanly and carries on
+as a client), logs to stderr, prints one status line when ready (``--json`` for scripts),
+and on SIGTERM or Ctrl-C finishes the requests it is serving, flushes its state and exits
+with the index consistent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from ..cache import open_cache
+from ..metrics import serve_if_configured
+from ..service import ServiceRunning, live_service, remove_marker, write_marker
+from .common import add_config_args, config_from_args
+
+log = logging.getLogger("tiercache.service")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "engine",
+        help="run the node's cache engine as a service until stopped",
+        description="Run the engine for one cache directory in the foreground until SIGTERM "
+        "or Ctrl-C. While it runs, every process on the node that opens this cache uses it. "
+        "Serves Prometheus metrics too when the config's [metrics] port is set.",
+    )
+    add_config_args(p)
+    p.add_argument("--json", action="store_true", help="status lines on stdout as JSON")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="what goes to stderr (default: info)",
+    )
+    p.add_argument(
+        "--takeover-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long an engine running in another process gets to hand over (default: 60)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    other = live_service(config.index_path)
+    if other is not None:
+        raise ServiceRunning(
+            f"a tiercache engine service (pid {other}) already runs for {config.index_path}"
+        )
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    started = time.monotonic()
+    cache = open_cache(config)  # makes the index directory
+    write_marker(config.index_path)
+    cache.is_service = True
+    metrics = None
+    try:
+        cache.take_over(timeout=args.takeover_timeout)
+        metrics = serve_if_configured(config)
+        totals = cache.index.totals()
+        _status(
+            args.json,
+            {
+                "event": "ready",
+                "pid": os.getpid(),
+                "index": str(config.index_path),
+                "socket": str(config.index_path / "engine.sock"),
+                "config": config.source,
+                "tiers": totals,
+                "metrics": metrics.url if metrics is not None else None,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        stop.wait()
+        log.info("stopping: finishing requests in flight")
+    finally:
+        if metrics is not None:
+            metrics.close()
+        cache.close(wait=True)
+        remove_marker(config.index_path)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    _status(args.json, {"event": "stopped", "pid": os.getpid()})
+    return 0
+
+
+def _status(as_json: bool, status: dict[str, Any]) -> None:
+    if as_json:
+        print(json.dumps(status), flush=True)
+        return
+    if status["event"] == "ready":
+        tiers = ", ".join(f"{name} {t['entries']} entries" for name, t in status["tiers"].items())
+        print(
+            f"tiercache engine ready (pid {status['pid']}) for {status['index']} in "
+            f"{status['seconds']} s: {tiers}",
+            flush=True,
+        )
+    else:
+        print(f"tiercache engine stopped (pid {status['pid']})", flush=True)
