@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster import netns
 from tests.cluster.node import payload
+from tests.reliability.workers import toml
 
 PORT = 7480  # every node's peer server (each namespace has its own ports)
 
@@ -39,13 +40,17 @@ class Cluster:
                 "AWS_SECRET_ACCESS_KEY": "testing", "OMP_NUM_THREADS": "1"}  # fmt: skip
 
     def start_engine(self, i: int, config: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        node = self.net.nodes[i]
-        proc = node.popen(
-            [sys.executable, "-m", "tests.cluster.node", "engine",
-             json.dumps({"config": config or self.configs[i]})],
+        """``tiercache engine`` in node ``i``; returns it and its ready line."""
+        path = self.workdir / f"engine-{i}-{uuid.uuid4().hex[:6]}.toml"
+        path.write_text(toml(config or self.configs[i]))
+        proc = self.net.nodes[i].popen(
+            [sys.executable, "-m", "tiercache", "engine", "--config", str(path), "--json",
+             "--log-level", "warning"],
             env=self.env(), stdout=subprocess.PIPE,
         )  # fmt: skip
-        return proc, netns.wait_for_line(proc, 120)
+        ready = netns.wait_for_line(proc, 120)
+        assert ready["event"] == "ready" and ready["cluster"]["port"] == PORT, ready
+        return proc, ready
 
     def start_reader(self, i: int, order: list[str], epochs: int = 1, pause: float = 0.0,
                      config: dict[str, Any] | None = None) -> tuple[Any, Path]:  # fmt: skip

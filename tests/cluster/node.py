@@ -1,23 +1,17 @@
-"""What runs inside a test node (a network namespace): an engine, or a reader.
+"""A reader inside a test node (a network namespace); the node's engine is ``tiercache engine``.
 
-    python -m tests.cluster.node engine '<json: {"config": {...}}>'
     python -m tests.cluster.node read '<json: {"config", "options", "objects", "order", ...}>'
 
-``engine`` holds the node's engine in its own process (as ``tiercache engine`` will), prints
-one JSON line when its peer server is up, and runs until SIGTERM (or SIGKILL, in the tests
-that kill it). ``read`` reads objects through ``TierCacheFileSystem`` in a given order and
-checks every byte against the object it must be (each object's bytes are a function of its
-seed), printing a JSON line per finished pass and writing a report at the end.
+It reads objects through ``TierCacheFileSystem`` in a given order and checks every byte
+against the object it must be (each object's bytes are a function of its seed), printing a
+JSON line per finished pass and writing a report at the end.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import sys
-import threading
 import time
 import traceback
 from typing import Any
@@ -26,27 +20,6 @@ from typing import Any
 def payload(seed: int, size: int) -> bytes:
     """The bytes of test object ``seed``: the same in the test and in every node."""
     return random.Random(seed).randbytes(size)
-
-
-def engine(args: dict[str, Any]) -> int:
-    from tiercache.cache import close_all, open_cache
-    from tiercache.config import load_config
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cache = open_cache(load_config(args["config"]))
-    engine = cache.engine
-    assert engine is not None and engine.cluster is not None
-    engine.cluster.server.wait_bound(30)
-    ring = engine.cluster.ring
-    ready = {"ready": True, "pid": os.getpid(), "port": engine.cluster.server.port,
-             "self": ring.self_address if ring else None,
-             "entries": sum(1 for _ in cache.index)}  # fmt: skip
-    print(json.dumps(ready), flush=True)
-    while not stop.wait(0.2):
-        pass
-    close_all()
-    return 0
 
 
 def read(args: dict[str, Any]) -> int:
@@ -80,4 +53,4 @@ def read(args: dict[str, Any]) -> int:
 
 if __name__ == "__main__":
     command, raw = sys.argv[1], sys.argv[2]
-    sys.exit({"engine": engine, "read": read}[command](json.loads(raw)))
+    sys.exit({"read": read}[command](json.loads(raw)))

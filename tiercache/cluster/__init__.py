@@ -309,6 +309,16 @@ class Cluster:
                 "fingerprint": ring.fingerprint if ring else None,
                 "members": len(ring) if ring else 0}  # fmt: skip
 
+    def status(self, wait: float = 0.0) -> dict[str, Any]:
+        """This node's place in the cluster (``tiercache engine``'s ready line), once the
+        peer server listens (waiting up to ``wait`` seconds for it)."""
+        bound = self.server.wait_bound(wait)
+        ring = self.ring
+        others = [m.address for m in ring.members if m.address != ring.self_address] if ring else []
+        up = [a for a in others if self.health.is_up(a)]
+        return {**self.hello(), "port": self.server.port if bound else None,
+                "peers": len(others), "peers_up": len(up)}  # fmt: skip
+
     def check_suspect(self, key: str) -> bool:
         """A peer found our copy of ``key`` damaged: verify it; drop it if so."""
         from ..tiers.store import CorruptBlobError
