@@ -18,7 +18,6 @@ import pytest
 
 from tests.cluster import netns
 from tests.cluster.node import payload
-from tests.reliability.workers import toml
 
 PORT = 7480  # every node's peer server (each namespace has its own ports)
 
@@ -42,7 +41,7 @@ class Cluster:
     def start_engine(self, i: int, config: dict[str, Any] | None = None) -> tuple[Any, dict]:
         """``tiercache engine`` in node ``i``; returns it and its ready line."""
         path = self.workdir / f"engine-{i}-{uuid.uuid4().hex[:6]}.toml"
-        path.write_text(toml(config or self.configs[i]))
+        path.write_text(netns.toml_text(config or self.configs[i]))
         proc = self.net.nodes[i].popen(
             [sys.executable, "-m", "tiercache", "engine", "--config", str(path), "--json",
              "--log-level", "warning"],

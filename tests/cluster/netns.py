@@ -214,6 +214,27 @@ def origin_on(host: str, workdir: Path, port: int = 0) -> Iterator[Origin]:
         stop(proc)
 
 
+def toml_text(config: dict[str, Any]) -> str:
+    """A config dict as TOML: top-level keys, ``[[tiers]]``, tables; inline tables and
+    lists as values (enough for tiercache configs, for ``tiercache engine --config``)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)  # strings, numbers and booleans are spelled alike
+
+    lines = [f"{k} = {value(v)}" for k, v in config.items()
+             if k != "tiers" and not isinstance(v, dict)]  # fmt: skip
+    for tier in config.get("tiers", []):
+        lines += ["[[tiers]]", *(f"{k} = {value(v)}" for k, v in tier.items())]
+    for name, table in config.items():
+        if name != "tiers" and isinstance(table, dict):
+            lines += [f"[{name}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
 def write_token(path: Path) -> str:
     token = secrets.token_hex(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

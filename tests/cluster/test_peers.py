@@ -213,14 +213,17 @@ def test_a_stale_copy_at_the_owner_is_refreshed_when_the_reader_knows_better(
 def test_reads_go_around_an_owner_that_does_not_answer(
     s3_server: S3, bucket: str, root: Path
 ) -> None:
-    names = [f"d/obj-{i}" for i in range(8)]
-    put_objects(s3_server, bucket, {n: payload(i, SIZE) for i, n in enumerate(names)})
     token_file = root / "token"
     write_token(token_file)
     silent = socket.socket()  # listens, never accepts: a hung engine
     silent.bind(("127.0.0.1", 0))
     silent.listen(0)
     peers = [f"127.0.0.1:{silent.getsockname()[1]}", f"127.0.0.1:{free_port()}"]
+    ring = Ring([Member(p) for p in peers], peers[1])
+    candidates = [f"d/obj-{i}" for i in range(64)]
+    owned = [n for n in candidates if ring.owner_of_key(f"s3://{bucket}/{n}").address == peers[0]]
+    names = owned[:6] + [n for n in candidates if n not in owned][:2]  # mostly the silent one's
+    put_objects(s3_server, bucket, {n: payload(i, SIZE) for i, n in enumerate(names)})
     config = node_config(root, f"{uuid.uuid4().hex[:8]}-solo", peers, 1, token_file,
                          timeout_seconds=0.5)  # fmt: skip
     options = s3_server.options

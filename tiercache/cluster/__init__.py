@@ -228,9 +228,9 @@ class Cluster:
             raise
         self.health.succeeded(member.address)
         self.counters.add(f"peer_request:{slot}:{got.state}")
-        self.counters.add(f"peer_bytes:{slot}:in", len(got.data))
+        self.counters.add(f"peer_bytes:{slot}:in", got.size)
         self.counters.add("peer_hits")
-        self.counters.add("peer_bytes", len(got.data))
+        self.counters.add("peer_bytes", got.size)
         return self._held(got)
 
     def _held(self, got: Received) -> Held:
@@ -238,10 +238,9 @@ class Cluster:
             return Held(got.data, got.version, got.fetched_at, got.crc32)
         try:
             staged, data = got.staging.finish(got.crc32)
-        except OSError as exc:  # could not sync the file: keep the bytes, not the file
-            log.warning("could not stage a peer's answer in the tier: %s", exc)
+        except OSError as exc:  # could not sync or map the file: read it from the origin
             got.staging.discard()
-            return Held(got.data, got.version, got.fetched_at, got.crc32)
+            raise PeerError(f"could not stage a peer's answer in the tier: {exc}", "error") from exc
         tier = self.engine.admission_tier
         return Held(data, got.version, got.fetched_at, got.crc32, staged, tier)
 
