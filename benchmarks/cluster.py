@@ -167,8 +167,11 @@ def _mosaic_node(args: dict[str, Any]) -> tuple[Any, Any]:
     import peers
     from torch.utils.data import DataLoader
 
+    # streaming starts a process group itself (env://): gloo across the nodes' namespaces.
     os.environ.update({"RANK": str(args["node"]), "WORLD_SIZE": str(args["nodes"]),
                        "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": args["master"], "MASTER_PORT": str(args["master_port"]),
+                       "GLOO_SOCKET_IFNAME": args["ifname"],
                        "S3_ENDPOINT_URL": args["endpoint"]})  # fmt: skip
     sb = peers.import_streaming_base()
 
@@ -188,13 +191,19 @@ def _mosaic_node(args: dict[str, Any]) -> tuple[Any, Any]:
 
 # -- the host side ---------------------------------------------------------------------------------
 class NodeProcess:
-    """A node's trainer process, driven over its stdin and stdout."""
+    """A node's trainer process, driven over its stdin and stdout.
 
-    def __init__(self, node: netns.Node, args: dict[str, Any], env: dict[str, str]) -> None:
-        self.proc = node.popen(
-            [sys.executable, str(HERE / "cluster.py"), "node", json.dumps(args)],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
+    ``private_shm``: give it a /dev/shm of its own, as a real node has (namespaces share the
+    host's; MosaicML streaming names its shared memory the same on every node)."""
+
+    def __init__(self, node: netns.Node, args: dict[str, Any], env: dict[str, str],
+                 private_shm: bool = False) -> None:  # fmt: skip
+        command = [sys.executable, str(HERE / "cluster.py"), "node", json.dumps(args)]
+        if private_shm:
+            command = ["unshare", "--mount", "sh", "-c",
+                       'mount -t tmpfs -o size=2g,mode=1777 tmpfs /dev/shm && exec "$@"',
+                       "sh", *command]  # fmt: skip
+        self.proc = node.popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -263,7 +272,9 @@ def run_config(name: str, args: argparse.Namespace, net: netns.Net, origin: netn
             if name == "mosaic":
                 node_args = {"mode": "mosaic", "remote": f"s3://{BUCKET}/mds",
                              "local": str(base / f"n{i}" / "mosaic"), "endpoint": origin.endpoint,
-                             "cache_limit": cache_bytes}  # fmt: skip
+                             "cache_limit": cache_bytes, "master": net.nodes[0].address,
+                             "master_port": 29500 + int(tag[:3], 16) % 1000,
+                             "ifname": node.ifname}  # fmt: skip
             else:
                 config = node_config(base, tag, i, ram, cache_bytes - ram, cluster)
                 path = base / f"n{i}.toml"
@@ -279,7 +290,7 @@ def run_config(name: str, args: argparse.Namespace, net: netns.Net, origin: netn
                              "config": str(path), "node_aware": name != "a"}  # fmt: skip
             node_args.update(nodes=n, node=i, seq=args.seq_len, batch=args.batch_size,
                              workers=args.workers, window=args.window)  # fmt: skip
-            nodes.append(NodeProcess(node, node_args, env))
+            nodes.append(NodeProcess(node, node_args, env, private_shm=name == "mosaic"))
         for p in nodes:
             p.wait_for("ready", 300)
         for epoch in range(args.epochs):
