@@ -56,7 +56,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from _shaping import capped_origin  # noqa: E402
-from dataloader import Recorder  # noqa: E402
+from dataloader import Recorder, _upload_dir  # noqa: E402
 
 from tests.cluster import netns  # noqa: E402
 from tiercache.sizes import parse_size  # noqa: E402
@@ -464,7 +464,7 @@ def prepare(args: argparse.Namespace, origin: netns.Origin, work: Path,
                          shard_bytes=shard)  # fmt: skip
             src = work / "mds-src"
             _write_mds_indexed(peers, sorted(local.glob("*.bin")), src, args.seq_len, shard)
-            _upload(origin, src, f"{BUCKET}/mds", sizes)
+            _upload_dir(origin, src, f"{BUCKET}/mds", sizes)  # type: ignore[arg-type]
             shutil.rmtree(local, ignore_errors=True)
         except Exception as exc:
             print(f"MosaicML streaming unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -482,17 +482,6 @@ def _write_mds_indexed(peers: Any, files: list[Path], out: Path, seq: int, shard
                       compression=None) as writer:  # fmt: skip
         for i, sample in enumerate(peers.samples(files, seq, "uint16")):
             writer.write({"tokens": sample, "index": i})
-
-
-def _upload(origin: netns.Origin, src: Path, dest: str, sizes: dict[str, int]) -> None:
-    import s3fs
-
-    fs = s3fs.S3FileSystem(**origin.options, skip_instance_cache=True)
-    for path in sorted(src.rglob("*")):
-        if path.is_file():
-            key = f"{dest}/{path.relative_to(src).as_posix()}"
-            fs.put_file(str(path), key)
-            sizes[key] = path.stat().st_size
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:

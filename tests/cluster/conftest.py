@@ -67,8 +67,8 @@ class Cluster:
         return [f"{n.address}:{PORT}" for n in self.net.nodes]
 
 
-def node_config(workdir: Path, tag: str, i: int, peers: list[str], token_file: Path,
-                **cluster: Any) -> dict[str, Any]:  # fmt: skip
+def node_config(workdir: Path, tag: str, i: int, cluster: dict[str, Any]) -> dict[str, Any]:
+    """Node ``i``'s config: a RAM and an SSD tier of its own, and ``cluster`` as ``[cluster]``."""
     return {
         "tiers": [
             {"name": "ram", "path": f"/dev/shm/tcc{tag}-n{i}", "capacity": "1MiB",
@@ -77,8 +77,7 @@ def node_config(workdir: Path, tag: str, i: int, peers: list[str], token_file: P
         ],
         "index": {"path": str(workdir / f"n{i}" / "index")},
         "validation": {"mode": "ttl", "ttl_seconds": 600},
-        "cluster": {"peers": peers, "token_file": str(token_file), "timeout_seconds": 3,
-                    "down_seconds": 1, "max_down_seconds": 4, **cluster},
+        "cluster": cluster,
     }  # fmt: skip
 
 
@@ -111,7 +110,9 @@ def cluster(network: tuple[netns.Net, netns.Origin, Path]) -> Iterator[Cluster]:
     token_file = workdir / "token"
     token = netns.write_token(token_file)
     peers = [f"{n.address}:{PORT}" for n in net.nodes]
-    configs = [node_config(workdir, tag, i, peers, token_file) for i in range(len(net.nodes))]
+    cluster = {"peers": peers, "token_file": str(token_file), "timeout_seconds": 3,
+               "down_seconds": 1, "max_down_seconds": 4}  # fmt: skip
+    configs = [node_config(workdir, tag, i, cluster) for i in range(len(net.nodes))]
     yield Cluster(net, origin, bucket, objects, configs, workdir, token)
     for node in net.nodes:
         for proc in node.processes:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import S3
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -142,37 +144,17 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 
 @dataclass
-class Origin:
+class Origin(S3):
     """moto's S3 server on the bridge, in its own process, recording what it is asked."""
 
-    endpoint: str
-    process: subprocess.Popen[bytes]
-    record: Path
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
-
-    def _recorder(self, action: str) -> bytes:
-        url = f"{self.endpoint}/moto-api/recorder/{action}"
-        method = "GET" if action == "download-recording" else "POST"
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60) as r:
-            return bytes(r.read())
-
-    def start_counting(self) -> None:
-        self._recorder("reset-recording")
-        self._recorder("start-recording")
+    process: subprocess.Popen[bytes] | None = None
+    record: Path | None = None
 
     def gets(self, prefix: str) -> dict[str, int]:
         """Object GETs per key under ``bucket/prefix`` since :meth:`start_counting`."""
         counts: dict[str, int] = {}
-        for line in self._recorder("download-recording").decode().splitlines():
-            if not line.strip():
-                continue
-            req = json.loads(line)
+        for req in self.requests("GET"):
             url = req.get("url", "").split("?")[0]
-            if req.get("method") != "GET" or "/moto-api/" in url:
-                continue
             marker = f"/{prefix}"
             if marker in url:
                 key = url[url.index(marker) + 1 :]
@@ -209,7 +191,9 @@ def origin_on(host: str, workdir: Path, port: int = 0) -> Iterator[Origin]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        yield Origin(endpoint, proc, record)
+        import boto3
+
+        yield Origin(endpoint, boto3.client("s3", endpoint_url=endpoint), proc, record)
     finally:
         stop(proc)
 

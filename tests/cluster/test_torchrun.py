@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import netns
+from tests.cluster.conftest import node_config
 from tests.torch import helpers
 
 ROOT = netns.ROOT
@@ -41,21 +42,16 @@ def test_torchrun_two_nodes_find_each_other_through_the_rendezvous_store() -> No
             origin.start_counting()
             procs = []
             for i, node in enumerate(net.nodes):
-                config = {
-                    "tiers": [
-                        {"name": "ram", "path": f"/dev/shm/tcc{tag}-n{i}", "capacity": "256KiB",
-                         "verify": "on-change"},
-                        {"name": "ssd", "path": str(work / f"n{i}" / "ssd"), "capacity": "4MiB"},
-                    ],
-                    "index": {"path": str(work / f"n{i}" / "index")},
-                    "validation": {"mode": "ttl", "ttl_seconds": 600},
-                    "cluster": {"discovery": "torch", "listen": "0.0.0.0:7480",
-                                "discovery_timeout_seconds": 120},
-                }  # fmt: skip
+                torch_cluster = {"discovery": "torch", "listen": "0.0.0.0:7480",
+                                 "discovery_timeout_seconds": 120}  # fmt: skip
+                config = node_config(work, tag, i, torch_cluster)
+                config["tiers"][0]["capacity"] = "256KiB"
+                config["tiers"][1]["capacity"] = "4MiB"
                 out = work / f"out{i}"
                 out.mkdir()
                 args = {"url": url, "options": origin.options, "config": config,
-                        "seq": helpers.SEQ, "out": str(out)}  # fmt: skip
+                        "seq": helpers.SEQ, "out": str(out), "window": 2,
+                        "workers": 1}  # fmt: skip
                 env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                        "GLOO_SOCKET_IFNAME": node.ifname, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing"}  # fmt: skip
@@ -67,7 +63,7 @@ def test_torchrun_two_nodes_find_each_other_through_the_rendezvous_store() -> No
                     # torchrun looks for the endpoint among the host name's addresses, which a
                     # namespace's are not: say which node hosts the store.
                     f"--rdzv-conf=is_host={'true' if i == 0 else 'false'}",
-                    str(ROOT / "tests" / "cluster" / "torch_train.py"), json.dumps(args),
+                    str(ROOT / "tests" / "torch" / "ddp_train.py"), json.dumps(args),
                 ]  # fmt: skip
                 procs.append(node.popen(command, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT))  # fmt: skip

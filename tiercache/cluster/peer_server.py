@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..index import Entry
-from ..origin import Origin, OriginError, object_version
+from ..origin import Origin
 from ..tiers.store import Buffer, CorruptBlobError
 from . import protocol as p
 
@@ -420,16 +420,9 @@ class Freshness:
                 if 0 <= time.time() - entry.fetched_at < rules.ttl_seconds:
                     return True
                 return engine.validate(origin, path)
-        try:  # "always", or the requester knows better: ask the origin now
-            current: str | None = object_version(origin.info(path, refresh=True))
-        except OriginError:
-            return True  # an unreachable origin still serves what is cached
-        except FileNotFoundError:
-            current = None
-        if current == entry.version:
+        if origin.still_at(path, entry.version):  # "always", or the requester knows better
             return True
-        log.info("%s changed at the origin (%s -> %s); refetching for a peer",
-                 key, entry.version, current)  # fmt: skip
+        log.info("%s changed at the origin since %s; refetching for a peer", key, entry.version)
         engine.counters.add("stale_refetches")
         engine.invalidate(key)
         return False
