@@ -149,7 +149,7 @@ class PeerClient:
             fetched_at = float(resp.headers.get(p.FETCHED_AT) or 0.0)
         except (KeyError, TypeError, ValueError) as exc:
             raise p.PeerError(f"{member.address}: answer for {key} lacks {exc}", "error") from None
-        state = resp.headers.get(p.CACHE, "hit")
+        state = "miss" if resp.headers.get(p.CACHE) == "miss" else "hit"  # a metrics label
         staging = sink(size)
         buffer = bytearray(0 if staging is not None else size)
         try:
