@@ -63,7 +63,11 @@ class PeerClient:
     # -- connections ---------------------------------------------------------------------------
     def _pool(self, address: str) -> queue.LifoQueue[http.client.HTTPConnection]:
         if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
-            self._pools = {}
+            inherited, self._pools = self._pools, {}
+            for pool in inherited.values():  # closes only the child's descriptors
+                while not pool.empty():
+                    with contextlib.suppress(queue.Empty, OSError):
+                        pool.get_nowait().close()
             self._lock = threading.Lock()
             self._pid = os.getpid()
         with self._lock:
