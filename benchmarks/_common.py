@@ -49,6 +49,31 @@ def upload(endpoint: str, bucket: str, objects: dict[str, bytes]) -> None:
         )
 
 
+def engine_cpu_seconds() -> float:
+    """CPU seconds (user + system) spent so far by this process's tiercache threads (the
+    engine's fetches, moves, connections, prefetch, housekeeping), read per thread from
+    /proc: what a training process that hosts the engine gives to it."""
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for thread in threading.enumerate():
+        if not thread.name.startswith("tiercache") or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def process_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def timed(fn: Any, *args: Any) -> float:
     started = time.perf_counter()
     fn(*args)

@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import engine_cpu_seconds, process_cpu_seconds  # noqa: E402
 from _shaping import capped_origin  # noqa: E402
 
 from tiercache.cache import close_all  # noqa: E402
@@ -130,16 +131,21 @@ def measure(
 
     rows = []
     recorder.start()
+    cpu = (engine_cpu_seconds(), process_cpu_seconds())
     start = EpochStart.now(stats)
     loader = make_loader()
     for epoch in range(1, args.epochs + 1):
         if epoch > 1:
             recorder.start()
+            cpu = (engine_cpu_seconds(), process_cpu_seconds())
         (row,) = run_epochs(loader, 1, sample_bytes=args.seq_len * args.itemsize, step=step,
                             stats=stats, progress=not args.no_progress, desc=name,
                             max_seconds=args.max_epoch_seconds,
                             start=start if epoch == 1 else None)  # fmt: skip
         counted = recorder.stop()
+        if stats is not None:  # tiercache: the engine runs in this (the training) process
+            engine_cpu, process_cpu = engine_cpu_seconds() - cpu[0], process_cpu_seconds() - cpu[1]
+            row["engine_cpu_share"] = engine_cpu / process_cpu if process_cpu else 0.0
         row["epoch"] = epoch
         row["s3_gets"] = counted["gets"]
         row["s3_bytes"] = counted["bytes"]
@@ -153,7 +159,9 @@ def measure(
         print(f"  {name} epoch {epoch}: {row['samples_per_s']:,.0f} samples/s, "
               f"{counted['bytes'] / 2**20:,.0f} MiB from S3, loader wait "
               f"{row['loader_wait_s']:.2f} s"
-              + (f", data-wait {row['data_wait_s']:.2f} s" if "data_wait_s" in row else ""),
+              + (f", data-wait {row['data_wait_s']:.2f} s" if "data_wait_s" in row else "")
+              + (f", engine {row['engine_cpu_share']:.1%} of this process's CPU"
+                 if "engine_cpu_share" in row else ""),
               file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
@@ -340,17 +348,19 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def table(results: dict[str, Any]) -> str:
     lines = ["| configuration | samples/s epoch 1 / 2 / 3 | MiB from S3 per epoch | "
-             "loader wait s | data-wait s |", "|---|---|---|---|---|"]  # fmt: skip
+             "loader wait s | data-wait s | engine CPU share |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for name, rows in results["runs"].items():
         if isinstance(rows, str):
-            lines.append(f"| {name} | failed: {rows} | | | |")
+            lines.append(f"| {name} | failed: {rows} | | | | |")
             continue
         rates = " / ".join(f"{r['samples_per_s']:,.0f}" + (" (stopped)" if r.get("stopped") else "")
                            for r in rows)  # fmt: skip
         mib = " / ".join(f"{r['s3_bytes'] / 2**20:,.0f}" for r in rows)
         lw = " / ".join(f"{r['loader_wait_s']:.1f}" for r in rows)
         dw = " / ".join(f"{r['data_wait_s']:.1f}" for r in rows) if "data_wait_s" in rows[0] else ""
-        lines.append(f"| {name} | {rates} | {mib} | {lw} | {dw} |")
+        cpu = " / ".join(f"{r['engine_cpu_share']:.1%}" for r in rows if "engine_cpu_share" in r)
+        lines.append(f"| {name} | {rates} | {mib} | {lw} | {dw} | {cpu} |")
     lines += ["", "| check | ratio | floor | ok |", "|---|---:|---:|---|"]
     for c in results["checks"]:
         floor = "" if c["floor"] is None else f"{c['floor']:g}"

@@ -28,6 +28,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
+from .bounded import Bounded
 from .config import Config
 from .counters import Counters
 from .engine import Engine
@@ -89,7 +90,8 @@ class Cache:
         self._access: list[list[Any]] = []
         self._access_since = time.monotonic()
         self._access_lock = threading.Lock()
-        self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
+        #: Engine side: origins clients sent us (the most recent few).
+        self._origins: Bounded[bytes, Origin] = Bounded(64)
         self._trace_fd = -1
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.

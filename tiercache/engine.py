@@ -33,10 +33,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
 
+from .bounded import Bounded
 from .config import Config
 from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
@@ -46,6 +48,7 @@ from .origin import Origin, OriginError, object_version
 from .plan import NodePlan, PlannedRead, StreamId, planned_reads
 from .prefetch import Prefetcher
 from .service import pid_alive
+from .startup import start_up
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 from .verified import VerifiedTable
@@ -95,7 +98,8 @@ class Engine:
             max_workers=max(config.origin.concurrency, config.prefetch.concurrency),
             thread_name_prefix="tiercache-fetch",
         )
-        self._promotion_hits: dict[str, int] = {}
+        #: Hits counted towards promotion, for the most recently hit keys of slower tiers.
+        self._promotion_hits: Bounded[str, int] = Bounded(100_000)
         #: blob id -> (last access, hits since the last flush), persisted in batches
         self._touched: dict[str, tuple[float, int]] = {}
         self._promote_queue: deque[str] = deque()
@@ -112,7 +116,11 @@ class Engine:
         #: comes before the rebuild replays the index into them.
         self.cluster = attach_cluster(self)
         #: What this engine found and fixed when it started (shown by ``verify``).
-        self.reconciled_at_start = self.rebuild()
+        self.reconciled_at_start: dict[str, int] = {}
+        self._unreplayed = [0] * len(config.tiers)
+        self._hold_unreplayed()
+        self._started = threading.Event()
+        threading.Thread(target=self._start_up, name="tiercache-startup", daemon=True).start()
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
@@ -121,56 +129,43 @@ class Engine:
             self.cluster.start()
 
     # -- start-up -----------------------------------------------------------------------------
-    def rebuild(self) -> dict[str, int]:
-        """Reconcile index and tiers after a crash or takeover; refill policy state.
+    def _start_up(self) -> None:
+        try:
+            self.reconciled_at_start = start_up(self)
+        except Exception:  # the engine serves on; the next start reconciles again
+            log.exception("reconciling the cache at start failed")
+        finally:
+            self._started.set()
 
-        Entries are replayed oldest access first, so recency-based policies resume in the
-        order they would have had.
-        """
-        report = {"orphan_blobs": 0, "dangling_entries": 0, "temporaries": 0, "evicted": 0}
-        present: list[dict[str, int]] = []
-        small: list[set[str]] = []
-        for store in self.stores:
-            report["temporaries"] += store.sweep_temporaries()
-            present.append(store.blob_files())
-            small.append(store.small_ids())
-        entries = sorted(self.index, key=lambda e: e.last_access)
-        referenced: list[set[str]] = [set() for _ in self.stores]
-        with self._lock, self.index.write() as w:
-            for policy in self.policies:
-                for key in list(policy.resident()):
-                    policy.remove(key)
-            for entry in entries:
-                if entry.tier >= len(self.stores):
-                    w.delete(entry.blob_id)
-                    report["dangling_entries"] += 1
-                    continue
-                where = small[entry.tier] if entry.blob.small else present[entry.tier]
-                ok = entry.blob_id in where
-                if ok and not entry.blob.small:
-                    ok = present[entry.tier][entry.blob_id] == entry.blob.stored_size
-                if not ok:
-                    w.delete(entry.blob_id)
-                    report["dangling_entries"] += 1
-                    continue
-                referenced[entry.tier].add(entry.blob_id)
-                # The capacity may have shrunk since the last run, or the last engine
-                # stopped with demotions queued: what does not fit moves down (or goes).
-                victims = self.policies[entry.tier].insert(entry.blob_id, entry.blob.stored_size)
-                for tier, old in self._evict(w, entry.tier, victims):
-                    self.stores[tier].delete(old.blob_id, old.blob)
-                    referenced[tier].discard(old.blob_id)
-                    report["evicted"] += 1
-        for tier, store in enumerate(self.stores):
-            for blob_id in present[tier].keys() - referenced[tier]:
-                store.delete(blob_id, BlobMeta(0, 0, False, False))
-                report["orphan_blobs"] += 1
-            for blob_id in small[tier] - referenced[tier]:
-                store.delete(blob_id, BlobMeta(0, 0, False, True))
-                report["orphan_blobs"] += 1
-        if any(report.values()):
-            log.info("reconciled cache at start: %s", report)
-        return report
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until start-up (policy replay and reconciliation) is done."""
+        return self._started.wait(timeout)
+
+    def rebuild(self) -> dict[str, int]:
+        """Replay and reconcile now, from scratch (``verify --repair``)."""
+        self.wait_started()
+        with self._lock:
+            self._hold_unreplayed()
+            return start_up(self)
+
+    def _hold_unreplayed(self) -> None:
+        """Empty the policies; the index's bytes count against each tier as unreplayed
+        until the replay has fed every entry back."""
+        totals = self.index.totals()
+        self._replay_cancelled = False
+        self._unreplayed = [totals[t.name]["used_bytes"] for t in self.config.tiers]
+        #: Bytes a tier holds beyond its capacity (it shrank, or the last engine stopped
+        #: with demotions queued): the replay moves that many of its oldest entries down.
+        self._excess = [
+            max(0, held - t.capacity)
+            for held, t in zip(self._unreplayed, self.config.tiers, strict=True)
+        ]
+        for policy, tier, held in zip(
+            self.policies, self.config.tiers, self._unreplayed, strict=True
+        ):
+            for key in list(policy.resident()):
+                policy.remove(key)
+            policy.capacity = max(0, tier.capacity - held)
 
     # -- misses ---------------------------------------------------------------------------------
     def fetch(
@@ -396,17 +391,26 @@ class Engine:
         return entry
 
     def _fit_to_disk(self, tier: int, size: int, written: int = 0) -> bool:
-        """Shrink the tier's budget to what its filesystem can hold above ``min_free``.
+        """Shrink the tier's budget to what its filesystem can hold above ``min_free``;
+        whether a blob of ``size`` fits in it (once the policy has evicted enough).
 
         ``written``: bytes of this blob already on that filesystem (staged), not to be
-        counted twice.
+        counted twice. The policy's capacity only drops below what it holds when an insert
+        follows (and evicts down to it); otherwise the tier shrinks at its next insert.
         """
         store, policy = self.stores[tier], self.policies[tier]
         room = store.free_bytes() + written - store.config.min_free
         # Bytes other admissions are still writing are spoken for.
-        budget = min(store.config.capacity - self._staging[tier], policy.used + max(0, room))
-        policy.capacity = budget
-        return size <= budget
+        budget = max(
+            0,
+            min(
+                store.config.capacity - self._staging[tier] - self._unreplayed[tier],
+                policy.used + max(0, room),
+            ),
+        )
+        fits = size <= budget
+        policy.capacity = budget if fits else max(budget, policy.used)
+        return fits
 
     def _evict(self, w: IndexWriter, tier: int, victims: list[Key]) -> list[tuple[int, Entry]]:
         """Let ``victims`` of ``tier`` go: to the mover, which copies them down to the next
@@ -429,35 +433,43 @@ class Engine:
             self.counters.add("evictions", tier=tier)
         return to_delete
 
+    def _reserve_move(self, move: Move, size: int) -> bool:
+        """Make room for a move before its bytes are written (under the engine lock): the
+        destination's policy takes the key now and lets its victims go, so that on a full
+        disk their space is freed before the copy needs it. Returns whether it took it."""
+        policy = self.policies[move.dst]
+        if not self._fit_to_disk(move.dst, size):
+            self.counters.add("bypass_full", tier=move.dst)
+            return False
+        if move.promotion and not policy.admit(move.blob_id, size):
+            return False
+        self._settle(move.dst, policy.insert(move.blob_id, size))
+        if move.blob_id not in policy:
+            return False
+        self._staging[move.dst] += size
+        return True
+
     def _finish_move(self, move: Move, entry: Entry, staged: Staged | None) -> None:
-        """Commit a move the mover has copied (under the engine lock): the destination's
-        policy takes the key (or not), the index points at the new copy, the old one goes.
-        A demotion the destination does not take is an eviction; a promotion it does not
-        take leaves the key where it was."""
+        """Commit a move the mover has copied (under the engine lock): the index points at
+        the new copy and the old one goes. A demotion that could not be made (no room, the
+        copy failed, the destination let the key go meanwhile) is an eviction; a promotion
+        that could not be made leaves the key where it was."""
         src, dst = move.src, move.dst
         policy = self.policies[dst]
         try:
             with self.index.write() as w:
                 now = w.get(move.blob_id)
-                if now is None or now.tier != src or now.blob != entry.blob:
+                unchanged = now is not None and now.tier == src and now.blob == entry.blob
+                moved = None
+                if unchanged and now and staged is not None and move.blob_id in policy:
+                    moved = self._publish_moved(w, now, dst, staged)
+                if moved is None:
                     if staged is not None:
                         staged.discard()
-                    return  # changed while it was being copied
-                moved = None
-                if staged is not None:
-                    size = staged.meta.stored_size
-                    written = size if staged.tmp is not None else 0
-                    if self._fit_to_disk(dst, size, written) and (
-                        not move.promotion or policy.admit(move.blob_id, size)
-                    ):
-                        victims = policy.insert(move.blob_id, size)
-                        if move.blob_id in policy:
-                            moved = self._publish_moved(w, now, dst, staged)
-                            if moved is None:
-                                policy.remove(move.blob_id)
-                        self._pending.extend(self._evict(w, dst, victims))
-                    if moved is None:
-                        staged.discard()
+                    if now is None or now.tier != dst:
+                        policy.remove(move.blob_id)  # reserved by _reserve_move, not used
+                if not unchanged or now is None:
+                    return  # dropped, refetched or moved while it was being copied
                 if moved is not None:
                     self.policies[src].remove(move.blob_id)
                     self._pending.append((src, now))
@@ -531,8 +543,11 @@ class Engine:
     def _resync_from_index(self) -> None:
         """Replay the committed index into fresh policies; delete blob files it does not
         name (written for a commit that failed). Writes nothing to the index."""
+        self._replay_cancelled = True  # this replays everything; start-up need not
+        self._unreplayed = [0] * len(self.stores)
         entries = sorted(self.index, key=lambda e: e.last_access)
         for tier, policy in enumerate(self.policies):
+            policy.capacity = self.config.tiers[tier].capacity
             for key in list(policy.resident()):
                 policy.remove(key)
             mine = [e for e in entries if e.tier == tier]
@@ -594,6 +609,7 @@ class Engine:
         bad: list[Entry] = []
         sums = {name: {"entries": 0, "used_bytes": 0} for name in self.config.tier_names}
         files_on_disk = {}
+        self.wait_started()
         self._mover.drain()
         # A consistent picture under the lock (the index, its totals, the files on disk and
         # the policies); the slow part, hashing every blob, runs after, unlocked.
@@ -765,8 +781,10 @@ class Engine:
                 if now - last_fold > 30:
                     self.counters.fold_dead()
                     last_fold = now
-                if verified_ttl and now - last_purge > verified_ttl:
-                    self.verified.purge(verified_ttl)
+                if now - last_purge > min(verified_ttl or 600, 600):
+                    if verified_ttl:
+                        self.verified.purge(verified_ttl)
+                    clean_listings(self.config.index_path / "listings")
                     last_purge = now
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
@@ -822,6 +840,7 @@ class Engine:
     def check(self) -> None:
         """Policy invariants, and policy state agreeing with the index (tests, verify):
         after the queued moves are done, when both must agree exactly."""
+        self.wait_started()
         self._mover.drain()
         with self._lock:
             totals = self.index.totals()
@@ -833,6 +852,24 @@ class Engine:
                         f"tier {name}: index says {totals[name]['used_bytes']} bytes, "
                         f"policy says {policy.used}"
                     )
+
+
+def clean_listings(directory: Path, max_age: float = 7 * 86400, keep: int = 10_000) -> int:
+    """Delete kept origin listings (offline mode's last known state) older than ``max_age``,
+    and the oldest beyond ``keep``; returns how many were deleted."""
+    try:
+        files = sorted(
+            ((e.stat().st_mtime, e.path) for e in os.scandir(directory) if e.is_file()),
+            reverse=True,
+        )
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - max_age
+    doomed = [path for i, (mtime, path) in enumerate(files) if i >= keep or mtime < cutoff]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return len(doomed)
 
 
 def disk_full(exc: BaseException) -> bool:

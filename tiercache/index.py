@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 
@@ -90,6 +91,16 @@ class Entry:
         return cls(key, tier, size, meta, body[klen:].decode(), last, hits, blob_id, fetched)
 
 
+class Placement(NamedTuple):
+    """Where an entry lives, without the rest of it (start-up scans millions of these)."""
+
+    blob_id: str
+    tier: int
+    stored_size: int
+    small: bool
+    last_access: float
+
+
 class Index:
     """LMDB-backed map of blob id -> :class:`Entry`, plus per-tier byte and entry totals."""
 
@@ -151,6 +162,37 @@ class Index:
         with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
             for k, v in txn.cursor():
                 yield Entry.unpack(v, bytes(k).decode())
+
+    def placements(
+        self, after: bytes = b"", limit: int = 10_000, prefix: bytes = b""
+    ) -> list[Placement]:
+        """Up to ``limit`` entries' placements in blob id order, from the first id past
+        ``after`` (and starting with ``prefix``); short read transactions (a fork waits
+        for open ones), and no Entry objects, so a million entries take about a second."""
+        out: list[Placement] = []
+        with transaction(), self.env.begin(db=self.entries) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(max(after, prefix)):
+                return out
+            for key, raw in cursor:
+                if key == after:
+                    continue
+                if not key.startswith(prefix):
+                    break
+                tier, flags, _, stored, *_rest, last, _f, _h, _k = _HEAD.unpack_from(raw)
+                out.append(Placement(key.decode(), tier, stored, bool(flags & _SMALL), last))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def tiers_of(self, blob_ids: list[str]) -> list[int | None]:
+        """Each blob id's tier now (None: no entry), in one read transaction."""
+        out: list[int | None] = []
+        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
+            for blob_id in blob_ids:
+                raw = txn.get(blob_id.encode())
+                out.append(None if raw is None else raw[0])
+        return out
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per tier: ``entries`` and ``used_bytes`` (stored bytes), as last committed."""

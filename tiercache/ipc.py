@@ -100,7 +100,9 @@ class EngineServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn,), name="tiercache-conn", daemon=True
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:
         peer_pid = _peer_pid(conn)

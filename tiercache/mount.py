@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .bounded import Bounded
 from .origin import OriginError
 
 if TYPE_CHECKING:
@@ -203,7 +204,8 @@ class TierCacheOperations:
         self.mounted_at = time.time()
         self.initialized = False  # set when the kernel has accepted the mount
         self.uid, self.gid = os.getuid(), os.getgid()
-        self._listings: dict[str, _Listing] = {}
+        #: The most recently listed directories (a mount of a deep tree lists thousands).
+        self._listings: Bounded[str, _Listing] = Bounded(4096)
         self._listing_lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)

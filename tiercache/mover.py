@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .index import Entry
-from .tiers.store import BlobMeta, CorruptBlobError, Staged
+from .tiers.store import BlobMeta, CorruptBlobError
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -118,40 +118,36 @@ class Mover:
             return  # dropped, refetched or moved meanwhile
         if not move.promotion and move.blob_id in engine.policies[move.src]:
             return  # admitted to its tier again since it was evicted
-        staged = self._copy(move, entry)
-        with engine._lock:
-            engine._finish_move(move, entry, staged)
-
-    def _copy(self, move: Move, entry: Entry) -> Staged | None:
-        """The slow part, unlocked: read (and, from a disk, verify) the blob, write it into
-        the destination under a temporary name and fsync it. None: it cannot go there
-        (gone, damaged, or the destination's disk is full)."""
-        engine = self.engine
         src, dst = engine.stores[move.src], engine.stores[move.dst]
-        verify = src.config.verify == "always"
+        staged = None
         try:
-            with src.borrowed(move.blob_id, entry.blob, verify=verify) as data:
+            # Read (and, from a disk, verify) unlocked; room is made under the lock; the
+            # write and its fsync run unlocked again.
+            with src.borrowed(
+                move.blob_id, entry.blob, verify=src.config.verify == "always"
+            ) as data:
                 stored, compressed = dst.encode(data)
-                # The same stored bytes keep their checksum: no second pass over them.
-                same = not compressed and not entry.blob.compressed
                 with engine._lock:
-                    engine._staging[move.dst] += len(stored)
-                try:
-                    return dst.stage(
-                        move.blob_id,
-                        stored,
-                        compressed,
-                        entry.size,
-                        checksum=entry.blob.checksum if same else None,
-                    )
-                finally:
-                    with engine._lock:
-                        engine._staging[move.dst] -= len(stored)
+                    reserved = engine._reserve_move(move, len(stored))
+                if reserved:
+                    try:
+                        # The same stored bytes keep their checksum: no second pass over them.
+                        same = not compressed and not entry.blob.compressed
+                        staged = dst.stage(
+                            move.blob_id,
+                            stored,
+                            compressed,
+                            entry.size,
+                            checksum=entry.blob.checksum if same else None,
+                        )
+                    finally:
+                        with engine._lock:
+                            engine._staging[move.dst] -= len(stored)
         except (FileNotFoundError, CorruptBlobError) as exc:
             log.info("not moving %s: %s", entry.key, exc)
-            return None
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             engine.counters.add("bypass_full", tier=move.dst)
-            return None
+        with engine._lock:
+            engine._finish_move(move, entry, staged)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from fsspec import AbstractFileSystem
 
+from .bounded import Bounded
 from .config import OriginConfig
 from .counters import Counters
 from .s3direct import DirectGetter, Unsupported
@@ -83,6 +84,10 @@ def object_version(info: dict[str, Any]) -> str:
     return f"{info.get('size')}:"
 
 
+#: Directories whose listings one process keeps in memory (the rest are listed again).
+_LISTINGS = 1024
+
+
 class Origin:
     """Reads one origin filesystem on behalf of the cache."""
 
@@ -103,9 +108,10 @@ class Origin:
         self.listing_dir = listing_dir
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol = protocol
-        self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        #: directory -> (listing time, listing), for the most recently listed directories
+        self._listings: Bounded[str, tuple[float, list[dict[str, Any]]]] = Bounded(_LISTINGS)
         #: parent -> (listing time, name -> info), built once per listing
-        self._names: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+        self._names: Bounded[str, tuple[float, dict[str, dict[str, Any]]]] = Bounded(_LISTINGS)
         self._lock = threading.Lock()
         self._reported: set[str] = set()
         self._deadline = threading.local()  # of the call() running in this thread
@@ -341,8 +347,9 @@ class Origin:
             return None
         log.info("origin unreachable or offline: listing %s from its last known state", path)
         with self._lock:
-            self._listings.setdefault(path, (0.0, saved["listing"]))
-        return self._listings[path]
+            if path not in self._listings:
+                self._listings[path] = (0.0, saved["listing"])
+            return self._listings[path]
 
     def listed(self, path: str, max_age: float | None = None) -> dict[str, Any] | None:
         """The info of ``path`` from its parent's listing (None: not there).
@@ -390,13 +397,6 @@ class Origin:
         if cached is None or time.monotonic() - cached[0] > max_age:
             return None
         info = self.listed(path, max_age=float("inf"))
-        if info is None or info.get("type") == "directory":
-            return None
-        return object_version(info)
-
-    def version_from_listing(self, path: str, max_age: float) -> str | None:
-        """The object's current version from its parent's listing; None if it is gone."""
-        info = self.listed(path, max_age=max_age)
         if info is None or info.get("type") == "directory":
             return None
         return object_version(info)

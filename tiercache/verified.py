@@ -16,6 +16,7 @@ only a re-hash.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -33,20 +34,28 @@ class VerifiedTable:
     def __init__(self, index_path: Path) -> None:
         self.path = index_path / "verified.lmdb"
         self._env: lmdb.Environment | None = None
+        self._lock = threading.Lock()
 
     @property
     def env(self) -> lmdb.Environment:
-        if self._env is None:
-            self._env = lmdb.open(
-                str(self.path),
-                subdir=False,
-                map_size=1024**3,
-                max_readers=1024,
-                sync=False,
-                metasync=False,
-                mode=0o600,
-            )
-        return self._env
+        env = self._env
+        if env is not None:
+            return env
+        with self._lock:  # py-lmdb refuses a second open of one file in a process
+            if self._env is None:
+                self._env = self._open()
+            return self._env
+
+    def _open(self) -> lmdb.Environment:
+        return lmdb.open(
+            str(self.path),
+            subdir=False,
+            map_size=1024**3,
+            max_readers=1024,
+            sync=False,
+            metasync=False,
+            mode=0o600,
+        )
 
     def fresh(self, blob_id: str, meta: BlobMeta, ttl: float) -> bool:
         """Whether this blob, as ``meta`` describes it, was verified less than ``ttl`` ago."""

@@ -57,6 +57,7 @@ def test_promotion_after_configured_hits(
     fs = fs_for(cache_dirs, s3_server, ram=2 * MiB, ssd=8 * MiB, promotion={"hits": 2})
     for key in objs:
         fs.cat_file(f"{bucket}/{key}")
+    fs.cache.engine.wait_idle()
     key = f"s3://{bucket}/p0"
     assert fs.cache.index.get(key).tier == 1
     assert fs.cat_file(f"{bucket}/p0") == objs["p0"]  # hit 1 in SSD: stays

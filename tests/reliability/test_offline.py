@@ -53,6 +53,7 @@ def test_unreachable_origin_still_serves_everything_cached(
     )
     for key, body in objs.items():
         assert fs.cat_file(f"{bucket}/{key}") == body
+    fs.cache.engine.wait_idle()  # demotions to the SSD tier are done
     tiers = {fs.cache.index.get(f"s3://{bucket}/{k}").tier for k in objs}
     assert tiers == {0, 1}, "both tiers should be serving"
 

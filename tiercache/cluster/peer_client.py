@@ -64,17 +64,17 @@ class PeerClient:
     def _pool(self, address: str) -> queue.LifoQueue[http.client.HTTPConnection]:
         if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
             inherited, self._pools = self._pools, {}
-            for pool in inherited.values():  # closes only the child's descriptors
-                while not pool.empty():
+            for old in inherited.values():  # closes only the child's descriptors
+                while not old.empty():
                     with contextlib.suppress(queue.Empty, OSError):
-                        pool.get_nowait().close()
+                        old.get_nowait().close()
             self._lock = threading.Lock()
             self._pid = os.getpid()
         with self._lock:
-            pool = self._pools.get(address)
-            if pool is None:
-                pool = self._pools[address] = queue.LifoQueue()
-            return pool
+            found = self._pools.get(address)
+            if found is None:
+                found = self._pools[address] = queue.LifoQueue()
+            return found
 
     def _connect(self, address: str) -> tuple[http.client.HTTPConnection, bool]:
         """A connection to ``address``: (connection, whether it was kept from before)."""

@@ -84,6 +84,7 @@ class TierStore:
         self._make_dirs()
         self.compress = config.compression == "lz4"
         self._small: lmdb.Environment | None = None
+        self._small_lock = threading.Lock()
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()
         self._maps_lock = threading.Lock()
         self._mapped_bytes = 0
@@ -120,19 +121,28 @@ class TierStore:
 
     @property
     def small(self) -> lmdb.Environment:
-        if self._small is None:
-            map_size = max(256 * 1024**2, 4 * self.config.capacity)
-            self._small = lmdb.open(
-                str(self.root / "small.lmdb"),
-                subdir=False,
-                map_size=map_size,
-                max_readers=1024,
-                sync=self._durable,
-                metasync=False,
-                lock=True,
-                mode=0o600,
-            )
-        return self._small
+        small = self._small
+        if small is not None:
+            return small
+        # Opened on first use, by whichever thread comes first (a reader, the engine's
+        # start-up): py-lmdb refuses a second open of the same file in one process.
+        with self._small_lock:
+            if self._small is None:
+                self._small = self._open_small()
+            return self._small
+
+    def _open_small(self) -> lmdb.Environment:
+        map_size = max(256 * 1024**2, 4 * self.config.capacity)
+        return lmdb.open(
+            str(self.root / "small.lmdb"),
+            subdir=False,
+            map_size=map_size,
+            max_readers=1024,
+            sync=self._durable,
+            metasync=False,
+            lock=True,
+            mode=0o600,
+        )
 
     # -- write ----------------------------------------------------------------------------------
     def encode(self, data: Buffer) -> tuple[Buffer, bool]:
@@ -376,9 +386,31 @@ class TierStore:
                     found[entry.name] = entry.stat(follow_symlinks=False).st_size
         return found
 
-    def small_ids(self) -> set[str]:
+    def small_ids(self, prefix: str = "") -> set[str]:
+        """Ids of the small blobs stored (those starting with ``prefix``)."""
+        start = prefix.encode()
+        found = set()
         with transaction(), self.small.begin() as txn:
-            return {bytes(k).decode() for k, _ in txn.cursor()}
+            cursor = txn.cursor()
+            if cursor.set_range(start):
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(start):
+                        break
+                    found.add(bytes(key).decode())
+        return found
+
+    def blob_names(self, prefix: str) -> set[str]:
+        """Ids of the file blobs present whose id starts with the two-digit ``prefix``."""
+        try:
+            return {e.name for e in os.scandir(self.blob_dir / prefix) if len(e.name) >= 3}
+        except FileNotFoundError:
+            return set()
+
+    def has_blob(self, blob_id: str, small: bool) -> bool:
+        if small:
+            with transaction(), self.small.begin() as txn:
+                return txn.get(blob_id.encode()) is not None
+        return self.blob_path(blob_id).exists()
 
     def sweep_temporaries(self) -> int:
         """Remove half-written files a killed writer left behind; returns how many."""
