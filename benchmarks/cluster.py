@@ -390,6 +390,12 @@ def peer_rate(args: argparse.Namespace, net: netns.Net, origin: netns.Origin,
 
     half = len(mine) // 2
     size = len(mine) * data["shard_bytes"]
+    runs: dict[str, list[float]] = {"local": [], "local_hinted": [], "peer": [], "peer_hinted": []}
+    peer_hits = 0
+
+    def mbps(r: dict[str, Any]) -> float:
+        return float(r["bytes"] / r["seconds"] / 1e6)
+
     try:
         token = base / "token"
         netns.write_token(token)
@@ -401,20 +407,30 @@ def peer_rate(args: argparse.Namespace, net: netns.Net, origin: netns.Origin,
         local["tiers"][-1]["path"] += "-local"
         engine(two[0], local, "local")
         read_all(two[0], local, mine)  # fetch from S3 into the SSD tier
-        local_seq = read_all(two[0], local, mine[:half])
-        local_hinted = read_all(two[0], local, mine[half:], hint=True)
+        for _ in range(args.rate_rounds):
+            runs["local"].append(mbps(read_all(two[0], local, mine[:half])))
+            runs["local_hinted"].append(mbps(read_all(two[0], local, mine[half:], hint=True)))
         for e in engines:
             netns.stop(e)
-        # Peer: node 1 holds them; node 0 (a RAM tier for all of them) reads them from it,
-        # half one after another (each a round trip), half hinted (fetched ahead).
+        engines.clear()
+        # Peer: node 1 holds them; node 0, with a fresh cache each round (a RAM tier for all
+        # of them), reads them from it: half one after another (each a round trip), half
+        # hinted (fetched ahead, as a sampler's hint makes the engine do).
         owner = node_config(base, tag, 1, 2 * size, 2 * size, cluster)
-        reader = node_config(base, tag, 0, 2 * size, 2 * size, cluster)
-        reader["tiers"][0]["path"] += "-peer"
         engine(two[1], owner, "owner")
-        engine(two[0], reader, "reader")
         read_all(two[1], owner, mine)
-        peer_seq = read_all(two[0], reader, mine[:half])
-        peer_hinted = read_all(two[0], reader, mine[half:], hint=True)
+        for r in range(args.rate_rounds):
+            reader = node_config(base, tag, 0, 2 * size, 2 * size, cluster)
+            reader["tiers"][0]["path"] += f"-peer{r}"
+            reader["tiers"][-1]["path"] += f"-peer{r}"
+            reader["index"]["path"] += f"-peer{r}"
+            engine(two[0], reader, f"reader{r}")
+            runs["peer"].append(mbps(read_all(two[0], reader, mine[:half])))
+            hinted = read_all(two[0], reader, mine[half:], hint=True)
+            runs["peer_hinted"].append(mbps(hinted))
+            peer_hits += hinted["stats"].get("cluster", {}).get("peer_hits", 0)
+            netns.stop(engines.pop())
+            shutil.rmtree(reader["tiers"][0]["path"], ignore_errors=True)
     finally:
         for e in engines:
             netns.stop(e)
@@ -423,20 +439,14 @@ def peer_rate(args: argparse.Namespace, net: netns.Net, origin: netns.Origin,
         for path in Path("/dev/shm").glob(f"tcc{tag}-*"):
             shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
-
-    def mbps(r: dict[str, Any]) -> float:
-        return float(r["bytes"] / r["seconds"] / 1e6)
-
-    rows = {
-        "local_ssd_MBps": mbps(local_seq),
-        "peer_MBps": mbps(peer_seq),
-        "local_ssd_hinted_MBps": mbps(local_hinted),
-        "peer_hinted_MBps": mbps(peer_hinted),
-    }
-    return {"objects": len(mine), "object_bytes": data["shard_bytes"], **rows,
-            "ratio": rows["peer_MBps"] / rows["local_ssd_MBps"],
-            "ratio_hinted": rows["peer_hinted_MBps"] / rows["local_ssd_hinted_MBps"],
-            "peer_hits": peer_hinted["stats"].get("cluster", {}).get("peer_hits")}  # fmt: skip
+    best = {k: max(v) for k, v in runs.items()}  # a noisy machine: the best round each
+    return {"objects": len(mine), "object_bytes": data["shard_bytes"], "rounds": runs,
+            "local_ssd_MBps": best["local"], "peer_MBps": best["peer"],
+            "local_ssd_hinted_MBps": best["local_hinted"],
+            "peer_hinted_MBps": best["peer_hinted"],
+            "ratio": best["peer"] / best["local"],
+            "ratio_hinted": best["peer_hinted"] / best["local_hinted"],
+            "peer_hits": peer_hits}  # fmt: skip
 
 
 # -- preparing, reporting ------------------------------------------------------------------------
@@ -551,7 +561,8 @@ def main() -> int:
     p.add_argument("--origin-mbit", type=float, default=400.0,
                    help="cap on the S3 server's answers (0: none)")  # fmt: skip
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
-    p.add_argument("--rate-objects", type=int, default=32, help="objects for peer-rate (0: skip)")
+    p.add_argument("--rate-objects", type=int, default=48, help="objects for peer-rate (0: skip)")
+    p.add_argument("--rate-rounds", type=int, default=3, help="peer-rate rounds (best counts)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
