@@ -72,7 +72,9 @@ def node_config(root: Path, name: str, peers: list[str], me: int, token: Path,
     }  # fmt: skip
 
 
-def make_pair(s3: S3, bucket: str, root: Path, **cluster: Any) -> Pair:
+def make_pair(
+    s3: S3, bucket: str, root: Path, options: dict[str, Any] | None = None, **cluster: Any
+) -> Pair:
     names = [f"d/obj-{i}" for i in range(8)]
     put_objects(s3, bucket, {n: payload(i, SIZE) for i, n in enumerate(names)})
     token_file = root / "token"
@@ -83,7 +85,8 @@ def make_pair(s3: S3, bucket: str, root: Path, **cluster: Any) -> Pair:
     for i in range(2):
         config = node_config(root, f"{tag}-{i}", peers, i, token_file, **cluster)
         fs = TierCacheFileSystem(config=config, target_protocol="s3",
-                                 target_options=s3.options, skip_instance_cache=True)  # fmt: skip
+                                 target_options=options or s3.options,
+                                 skip_instance_cache=True)  # fmt: skip
         engine = fs.cache.engine
         assert engine is not None and engine.cluster is not None
         assert engine.cluster.server.wait_bound(10)
@@ -263,3 +266,31 @@ def test_peer_metrics_name_each_peer_and_outcome(pair: Pair) -> None:
     moved = ("tiercache_peer_bytes_total", (("direction", "in"), ("peer", a)))
     assert samples[moved] == hits * SIZE
     assert not any(dict(labels).get("peer") == b for _, labels in samples)  # never itself
+
+
+def test_an_owner_slow_at_the_origin_is_waited_for_not_marked_down(
+    s3_server: S3, bucket: str, root: Path
+) -> None:
+    """The owner says it is alive (``100 Continue``) while its origin read takes longer than
+    the requester's timeout: one origin GET, by the owner, and the owner stays up."""
+    from tests.reliability.faultproxy import Fault, FaultProxy
+
+    proxy = FaultProxy(s3_server.endpoint)
+    pair = None
+    try:
+        options = {**s3_server.options, "endpoint_url": proxy.endpoint}
+        pair = make_pair(s3_server, bucket, root, options=options, timeout_seconds=1)
+        name = pair.owned_by(0)[0]
+        proxy.add(Fault("slow", times=None, path=name, delay=3.0))
+        assert read(pair.b, pair, name) == payload(pair.names.index(name), SIZE)
+        assert len(proxy.requests("GET", path=name)) == 1  # the owner's; B did not give up
+        cluster = pair.b.stats()["cluster"]
+        assert cluster["peer_hits"] == 1 and cluster["peers_up"] == 1
+    finally:
+        proxy.close()
+        from tiercache.cache import close_all
+
+        close_all()
+        if pair is not None:
+            for path in Path("/dev/shm").glob(f"tcc-{pair.tag}-*"):
+                shutil.rmtree(path, ignore_errors=True)
