@@ -593,19 +593,20 @@ def open_cache(config: Config) -> Cache:
     """The process-wide :class:`Cache` for ``config``'s index directory."""
     with _CACHES_LOCK:
         cache = _CACHES.get(config.index_path)
+        created = cache is None
         if cache is None:
             cache = _CACHES[config.index_path] = Cache(config)
-            if config.cluster is not None and config.cluster.discovery == "torch":
-                from .cluster.discovery import join_under_torchrun
-
-                join_under_torchrun(cache)  # local rank 0 publishes this node's engine
         elif cache.config.tiers != config.tiers:
             raise ValueError(
                 f"cache at {config.index_path} is already open with different tiers "
                 f"({cache.config.source} vs {config.source}); give each config its own "
                 "index.path"
             )
-        return cache
+    if created and config.cluster is not None and config.cluster.discovery == "torch":
+        from .cluster.discovery import join_under_torchrun
+
+        join_under_torchrun(cache)  # local rank 0 publishes this node's engine (may wait)
+    return cache
 
 
 def close_all() -> None:

@@ -57,6 +57,10 @@ class _Server(ThreadingHTTPServer):
             self.connections.add(request)
         super().process_request(request, client_address)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A requester that went away mid-answer (killed, timed out) is routine: no traceback.
+        log.debug("peer request from %s ended with an error", client_address, exc_info=True)
+
     def shutdown_request(self, request: Any) -> None:
         with self.conn_lock:
             self.connections.discard(request)
