@@ -73,9 +73,14 @@ def node_config(root: Path, name: str, peers: list[str], me: int, token: Path,
 
 
 def make_pair(
-    s3: S3, bucket: str, root: Path, options: dict[str, Any] | None = None, **cluster: Any
+    s3: S3,
+    bucket: str,
+    root: Path,
+    options: dict[str, Any] | None = None,
+    count: int = 8,
+    **cluster: Any,
 ) -> Pair:
-    names = [f"d/obj-{i}" for i in range(8)]
+    names = [f"d/obj-{i}" for i in range(count)]
     put_objects(s3, bucket, {n: payload(i, SIZE) for i, n in enumerate(names)})
     token_file = root / "token"
     token = write_token(token_file)
@@ -294,3 +299,34 @@ def test_an_owner_slow_at_the_origin_is_waited_for_not_marked_down(
         if pair is not None:
             for path in Path("/dev/shm").glob(f"tcc-{pair.tag}-*"):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def test_replicas_use_spare_ram_go_first_and_are_never_demoted(
+    s3_server: S3, bucket: str, root: Path
+) -> None:
+    """B (4 MiB RAM, 16 MiB SSD) reads A's keys, then its own 5 MiB of keys: A's keys are
+    replicas in B's spare RAM, then make way for B's own keys and are dropped, never copied
+    to B's SSD tier; none of B's own keys leaves B."""
+    pair = make_pair(s3_server, bucket, root, count=64)
+    try:
+        engine = pair.b.cache.engine
+        assert engine is not None and engine.cluster is not None
+        theirs, mine = pair.owned_by(0)[:10], pair.owned_by(1)
+        for name in theirs:
+            assert read(pair.b, pair, name) == payload(pair.names.index(name), SIZE)
+        keys = {e.key: e.tier for e in pair.b.cache.index}
+        assert all(keys.get(f"s3://{pair.bucket}/{n}") == 0 for n in theirs)  # kept in RAM
+        for name in mine:
+            assert read(pair.b, pair, name) == payload(pair.names.index(name), SIZE)
+        engine._mover.drain()
+        keys = {e.key: e.tier for e in pair.b.cache.index}
+        assert not any(f"s3://{pair.bucket}/{n}" in keys for n in theirs)  # dropped
+        assert all(f"s3://{pair.bucket}/{n}" in keys for n in mine)  # none of B's lost
+        assert 1 in keys.values()  # B's own keys were demoted to make room
+        engine.check()  # policies and index agree, replicas included
+    finally:
+        from tiercache.cache import close_all
+
+        close_all()
+        for path in Path("/dev/shm").glob(f"tcc-{pair.tag}-*"):
+            shutil.rmtree(path, ignore_errors=True)
