@@ -502,6 +502,9 @@ def _fuse_class() -> type:
     1 MiB requests that is a fresh allocation plus a copy per call. Imported lazily:
     mfusepy loads libfuse when imported and fails where libfuse is not installed.
     """
+    from .dependencies import require
+
+    require("fuse")
     import mfusepy
 
     class _FUSE(mfusepy.FUSE):

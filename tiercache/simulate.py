@@ -276,6 +276,9 @@ def plot_miss_ratio_curves(
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install 'tiercache[plot]'") from None
+    from .dependencies import require
+
+    require("plot")
     from .sizes import format_size
 
     curves: dict[str, list[tuple[int, float]]] = {}

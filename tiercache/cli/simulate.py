@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
         metavar="SIZE|PCT[,...]",
         help=(
             "tier capacities: bytes, '512MiB', '2GiB', or '10%%' of the trace's working set "
-            f"(the bytes of its distinct keys); default: {DEFAULT_CAPACITIES}"
+            "(the bytes of its distinct keys); default: %(default)s"
         ),
     )
     p.add_argument("--json", action="store_true", help="print the results as a JSON list")

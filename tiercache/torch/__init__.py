@@ -10,13 +10,18 @@ lazily in each worker (fork or spawn). Samplers pass each epoch's order to the c
 hint, so the engine prefetches exactly what comes next. See docs/torch.md.
 """
 
-from .base import ShardedDataset
-from .files import FileDataset
-from .records import RecordDataset, write_shards
-from .sampler import HintedSampler, ShardShuffleSampler, shard_shuffle_order
-from .source import Source
-from .tokens import TokenDataset, write_tokens
-from .wait import DataWaitMeter
+from ..dependencies import require, require_torch_numpy_pair
+
+require("torch")  # before torch is imported: an old torch or numpy is named, not a crash
+require_torch_numpy_pair()
+
+from .base import ShardedDataset  # noqa: E402
+from .files import FileDataset  # noqa: E402
+from .records import RecordDataset, write_shards  # noqa: E402
+from .sampler import HintedSampler, ShardShuffleSampler, shard_shuffle_order  # noqa: E402
+from .source import Source  # noqa: E402
+from .tokens import TokenDataset, write_tokens  # noqa: E402
+from .wait import DataWaitMeter  # noqa: E402
 
 __all__ = [
     "DataWaitMeter",

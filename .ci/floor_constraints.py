@@ -1,0 +1,148 @@
+"""Write a pip constraints file that pins every direct dependency to its declared floor.
+
+Why: a floor in ``pyproject.toml`` (``fsspec>=2025.10.0``) is a promise that the code works
+with that version. CI keeps the promise honest by installing exactly the floors into a
+second environment and running tests there (``.ci/run``, the "oldest" step). The
+constraints are read from ``pyproject.toml`` every run, never written by hand, so a floor
+that is raised or lowered, or an extra that another change adds, is tested as declared.
+
+Rules, for the core dependencies and every extra alike:
+
+* every requirement must name a floor (``>=X``, ``==X`` or ``~=X``); one without is an
+  error, since nothing would say which version to test;
+* ``X`` is pinned as ``name==X`` (pip pads ``1.4`` to ``1.4.0``, so a floor must be a real
+  release for the install to succeed: ``libcachesim>=0.3`` fails when only 0.3.2 exists);
+* an environment marker is kept (``tomli==2.0.1; python_version < "3.11"``), so one file
+  serves every Python;
+* extras of a requirement are dropped (pip constraints cannot carry them) and references to
+  this project itself (``tiercache[torch]``) are skipped;
+* a package declared twice (in two extras) must declare the same floor;
+* ``--override NAME==VERSION`` replaces a floor that cannot be installed here, and says so
+  in the file. Used for torch: the only torch this machine installs without a multi-GB
+  CUDA download is the local CPU wheel 2.13.0 (see docs/packaging.md).
+
+Usage: ``python .ci/floor_constraints.py [--pyproject pyproject.toml] [--override
+torch==2.13.0] [-o floors.txt]``; without ``-o`` the file goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - CI runs this with Python 3.11
+    import tomli as tomllib
+
+FLOOR_OPERATORS = (">=", "==", "~=")
+
+
+@dataclass
+class Floor:
+    """One direct dependency's floor, where it was declared, and its marker."""
+
+    name: str
+    version: str
+    marker: str | None
+    declared_in: list[str] = field(default_factory=list)
+
+
+def requirement_groups(pyproject: dict) -> dict[str, list[str]]:
+    """The core dependencies and each extra, by group name ("core" or the extra's name)."""
+    project = pyproject["project"]
+    groups = {"core": list(project.get("dependencies", []))}
+    for extra, reqs in sorted(project.get("optional-dependencies", {}).items()):
+        groups[f"extra {extra}"] = list(reqs)
+    return groups
+
+
+def floor_of(req: Requirement) -> str:
+    """The lowest version ``req`` allows, from its ``>=``, ``==`` or ``~=`` clause."""
+    floors = [s.version for s in req.specifier if s.operator in FLOOR_OPERATORS]
+    if len(floors) != 1:
+        raise SystemExit(
+            f"{req}: declare exactly one floor (>=, == or ~=) so CI knows which version to "
+            f"test; found {len(floors)}"
+        )
+    return floors[0]
+
+
+def collect_floors(pyproject: dict) -> list[Floor]:
+    """Every direct dependency's floor, checked for consistency across groups."""
+    own_name = canonicalize_name(pyproject["project"]["name"])
+    found: dict[tuple[str, str | None], Floor] = {}
+    for group, reqs in requirement_groups(pyproject).items():
+        for text in reqs:
+            req = Requirement(text)
+            name = canonicalize_name(req.name)
+            if name == own_name:
+                continue
+            marker = str(req.marker) if req.marker else None
+            version = floor_of(req)
+            key = (name, marker)
+            if key in found and found[key].version != version:
+                raise SystemExit(
+                    f"{name} is declared with floor {found[key].version} in "
+                    f"{', '.join(found[key].declared_in)} and {version} in {group}: "
+                    "declare one floor"
+                )
+            found.setdefault(key, Floor(name, version, marker)).declared_in.append(group)
+    return sorted(found.values(), key=lambda f: (f.name, f.marker or ""))
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["torch==2.13.0"]`` -> ``{"torch": "2.13.0"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        req = Requirement(item)
+        pins = [s.version for s in req.specifier if s.operator == "=="]
+        if len(pins) != 1:
+            raise SystemExit(f"--override {item!r}: give NAME==VERSION")
+        out[canonicalize_name(req.name)] = pins[0]
+    return out
+
+
+def render(floors: list[Floor], overrides: dict[str, str], source: str) -> str:
+    """The constraints file's text."""
+    unknown = set(overrides) - {f.name for f in floors}
+    if unknown:
+        raise SystemExit(f"--override names no declared dependency: {', '.join(sorted(unknown))}")
+    lines = [
+        f"# Generated by .ci/floor_constraints.py from {source}: do not edit.",
+        "# Every direct dependency pinned to the floor it declares.",
+    ]
+    for f in floors:
+        version = overrides.get(f.name, f.version)
+        line = f"{f.name}=={version}"
+        if f.marker:
+            line += f"; {f.marker}"
+        note = f"  # {', '.join(f.declared_in)}"
+        if f.name in overrides:
+            note += f"; declared floor {f.version}, overridden (not installable here)"
+        lines.append(line + note)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pyproject", default="pyproject.toml", type=Path)
+    parser.add_argument("--override", action="append", default=[], metavar="NAME==VERSION")
+    parser.add_argument("-o", "--output", type=Path)
+    args = parser.parse_args(argv)
+    pyproject = tomllib.loads(args.pyproject.read_text())
+    text = render(collect_floors(pyproject), parse_overrides(args.override), str(args.pyproject))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
