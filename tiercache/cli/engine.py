@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cache.take_over(timeout=args.takeover_timeout)
         metrics = serve_if_configured(config)
+        engine = cache.engine
+        cluster = engine.cluster.status(wait=30.0) if engine and engine.cluster else None
         totals = cache.index.totals()
         _status(
             args.json,
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 "config": config.source,
                 "tiers": totals,
                 "metrics": metrics.url if metrics is not None else None,
+                "cluster": cluster,
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
