@@ -21,25 +21,27 @@ def _tc(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def capped_origin(port: int, rate_mbit: float) -> Iterator[None]:
-    """Cap what the server on ``port`` sends to ``rate_mbit``, for the ``with`` body."""
+def capped_origin(port: int, rate_mbit: float, dev: str = "lo") -> Iterator[None]:
+    """Cap what the server on ``port`` sends to ``rate_mbit``, for the ``with`` body.
+
+    ``dev``: the interface its answers leave by (``lo``; the bridge of namespace nodes)."""
     if shutil.which("tc") is None:
         raise SystemExit("--origin-mbit needs the tc command (Debian: apt-get install iproute2)")
     try:
         # No default class: packets no filter matches leave unshaped.
-        _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb")
+        _tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb")
     except subprocess.CalledProcessError as exc:
         raise SystemExit(
             f"could not shape loopback traffic ({exc.stderr.strip()}): --origin-mbit needs "
-            "CAP_NET_ADMIN (root) and no other root qdisc on lo"
+            f"CAP_NET_ADMIN (root) and no other root qdisc on {dev}"
         ) from None
     try:
         rate = f"{rate_mbit}mbit"
-        _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
+        _tc("class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb",
             "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k")  # fmt: skip
-        _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+        _tc("filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
             "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20")  # fmt: skip
         yield
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
-            _tc("qdisc", "del", "dev", "lo", "root")
+            _tc("qdisc", "del", "dev", dev, "root")

@@ -315,19 +315,28 @@ class Cache:
                 self.engine_call("access", _oneway=True, records=records)
 
     # -- hints and warm-up ------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str], stream: str = "") -> None:
+    def hint(
+        self,
+        origin: Origin,
+        paths: Sequence[str],
+        stream: str = "",
+        cluster: Sequence[str] | None = None,
+    ) -> None:
         """This process's upcoming reads (``stream`` tells apart several plans of one
-        process); the engine merges them with every other reader's on the node."""
+        process); the engine merges them with every other reader's on the node.
+        ``cluster``: every node's reads in the cluster's order (see ``Engine.hint``)."""
         stripped = [origin.strip(p) for p in paths]
+        everyone = None if cluster is None else [origin.strip(p) for p in cluster]
         engine = self._local_engine()
         name = f"{os.getpid()}:{stream}"
         if engine is not None:
-            engine.hint(origin, stripped, (os.getpid(), name))
+            engine.hint(origin, stripped, (os.getpid(), name), everyone)
         else:
             if origin.pickled is None:
                 origin.pickled = dump_origin(origin.fs)
+            extra = {} if everyone is None else {"cluster": everyone}
             self.engine_call(
-                "hint", _oneway=True, _payload=origin.pickled, paths=stripped, stream=name
+                "hint", _oneway=True, _payload=origin.pickled, paths=stripped, stream=name, **extra
             )
 
     # -- the engine: here, or reached over the socket -------------------------------------------
@@ -484,6 +493,10 @@ class Cache:
             return {"status": "ok", "report": engine.verify(bool(header.get("repair")))}, b""
         if op == "clear":
             return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
+        if op.startswith("cluster_"):  # membership requests (tiercache.cluster.discovery)
+            if engine.cluster is None:
+                raise ValueError("this cache's config has no [cluster] table")
+            return {"status": "ok", **engine.cluster.request(header)}, b""
         origin = self._origin_from(payload)
         if op in block_ops:
             return serve_blocks(engine, op, header, origin)
@@ -491,7 +504,7 @@ class Cache:
             # The sender's pid as this process sees it (0 across pid namespaces): the stream
             # stops counting when that process dies.
             stream = (int(header.get("peer_pid", 0)), str(header.get("stream", "")))
-            engine.hint(origin, header["paths"], stream)
+            engine.hint(origin, header["paths"], stream, header.get("cluster"))
             return None
         if op == "validate":
             return {"status": "ok", "fresh": engine.validate(origin, header["path"])}, b""
@@ -611,6 +624,7 @@ def open_cache(config: Config) -> Cache:
     """The process-wide :class:`Cache` for ``config``'s index directory."""
     with _CACHES_LOCK:
         cache = _CACHES.get(config.index_path)
+        created = cache is None
         if cache is None:
             cache = _CACHES[config.index_path] = Cache(config)
         elif cache.config.tiers != config.tiers:
@@ -619,7 +633,11 @@ def open_cache(config: Config) -> Cache:
                 f"({cache.config.source} vs {config.source}); give each config its own "
                 "index.path"
             )
-        return cache
+    if created and config.cluster is not None and config.cluster.discovery == "torch":
+        from .cluster.discovery import join_under_torchrun
+
+        join_under_torchrun(cache)  # local rank 0 publishes this node's engine (may wait)
+    return cache
 
 
 def close_all() -> None:

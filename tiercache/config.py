@@ -10,10 +10,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .localfs import mount_of, user_cache_home
 from .sizes import parse_size
+
+if TYPE_CHECKING:
+    from .cluster.settings import ClusterConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,6 +133,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: If set, every access is appended here as JSON lines (``tiercache simulate`` reads it).
     trace: Path | None = None
+    #: ``[cluster]``: engines on other nodes this one pools its tiers with (None: alone).
+    cluster: ClusterConfig | None = None
     #: Let the index and tiers live on network or shared filesystems (NFS, Lustre, FUSE...).
     allow_network_fs: bool = False
     #: Where the config came from, for messages.
@@ -214,6 +219,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
     )
     index_reader.done()
     trace = reader.pop("trace", str, default="")
+    cluster = _cluster_section(reader)
     allow_network_fs = reader.pop("allow_network_fs", bool, default=False)
     reader.done()
     return Config(
@@ -226,9 +232,22 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
         origin=origin_cfg,
         metrics=metrics,
         trace=_path(trace, "trace") if trace else None,
+        cluster=cluster,
         source=origin,
         allow_network_fs=allow_network_fs,
     )
+
+
+def _cluster_section(reader: _Reader) -> ClusterConfig | None:
+    raw = reader.pop("cluster", dict, default=None)
+    if raw is None:
+        return None
+    from .cluster.settings import parse_cluster
+
+    sub = _Reader(raw, reader.origin, prefix="cluster.")
+    value = parse_cluster(sub)
+    sub.done()
+    return value
 
 
 class _Reader:

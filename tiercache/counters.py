@@ -70,12 +70,23 @@ GLOBAL = (
     # Large objects larger than every tier, streamed through without being cached.
     "streamed_reads",  # reads of such objects
     "streamed_bytes",  # bytes of their blocks fetched for readers
+    # [cluster]: reads a peer answered, the bytes received for them, bytes served to peers.
+    "peer_hits",
+    "peer_bytes",
+    "peer_served_bytes",
+    "peer_served",  # requests this node's peer server answered with bytes
 )
 #: Origin request operations and outcomes the ``origin_<op>_<status>`` slots cover.
 ORIGIN_OPS = ("get", "head", "list")
 ORIGIN_STATUSES = ("ok", "not_found", "error")
 #: Histogram buckets of origin read latency (seconds, upper bounds; +Inf is implied).
 ORIGIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Per-peer counters for ``tiercache_peer_*`` metrics: a peer is its position in the cluster's
+#: sorted member list; members past the last slot share it (label "other").
+PEER_SLOTS = 32
+PEER_RESULTS = ("hit", "miss", "not_found", "error", "timeout", "refused", "corrupt")
+PEER_DIRECTIONS = ("in", "out")
 
 _SLOT: dict[str, int] = {}
 for _i, _name in enumerate(PER_TIER):
@@ -87,6 +98,14 @@ for _i, _name in enumerate(GLOBAL):
 _base += len(GLOBAL)
 for _i in range(len(ORIGIN_BUCKETS) + 1):
     _SLOT[f"origin_bucket:{_i}"] = _base + _i
+_base += len(ORIGIN_BUCKETS) + 1
+for _p in range(PEER_SLOTS):
+    for _name in PEER_RESULTS:
+        _SLOT[f"peer_request:{_p}:{_name}"] = _base
+        _base += 1
+    for _name in PEER_DIRECTIONS:
+        _SLOT[f"peer_bytes:{_p}:{_name}"] = _base
+        _base += 1
 assert len(_SLOT) <= SLOTS
 
 

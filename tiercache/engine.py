@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
 
@@ -53,6 +53,9 @@ from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 from .verified import VerifiedTable
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
 log = logging.getLogger("tiercache.engine")
 T = TypeVar("T")
 
@@ -63,6 +66,7 @@ class FetchResult:
 
     entry: Entry | None
     data: Buffer
+    version: str = ""  # the origin version of ``data``
 
 
 class Engine:
@@ -108,6 +112,9 @@ class Engine:
         # Room for what prefetch holds ahead plus as much again for readers of recent misses.
         self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
+        #: Peers this node pools its tiers with (``[cluster]``); wraps the policies, so it
+        #: comes before the rebuild replays the index into them.
+        self.cluster = attach_cluster(self)
         #: What this engine found and fixed when it started (shown by ``verify``).
         self.reconciled_at_start: dict[str, int] = {}
         self._unreplayed = [0] * len(config.tiers)
@@ -118,6 +125,8 @@ class Engine:
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
         self._housekeeper.start()
+        if self.cluster is not None:
+            self.cluster.start()
 
     # -- start-up -----------------------------------------------------------------------------
     def _start_up(self) -> None:
@@ -159,12 +168,20 @@ class Engine:
             policy.capacity = max(0, tier.capacity - held)
 
     # -- misses ---------------------------------------------------------------------------------
-    def fetch(self, origin: Origin, path: str, *, prefetch: bool = False) -> FetchResult:
-        """Read ``path`` from the origin once, however many callers ask at the same time."""
+    def fetch(
+        self, origin: Origin, path: str, *, prefetch: bool = False, via_peers: bool = True
+    ) -> FetchResult:
+        """Read ``path`` from the origin once, however many callers ask at the same time.
+
+        With ``[cluster]``, a key another node owns is read from that node instead;
+        ``via_peers=False`` (a peer's own request) always reads the origin.
+        """
         key = origin.key(path)
         try:
             return self._once(
-                self._inflight, key, lambda: self._fetch_and_place(origin, path, key, prefetch)
+                self._inflight,
+                key,
+                lambda: self._fetch_and_place(origin, path, key, prefetch, via_peers),
             )
         finally:
             if not prefetch:
@@ -231,30 +248,35 @@ class Engine:
                 raise
         return True
 
-    def _fetch_and_place(self, origin: Origin, path: str, key: str, prefetch: bool) -> FetchResult:
+    def _fetch_and_place(
+        self, origin: Origin, path: str, key: str, prefetch: bool, via_peers: bool = True
+    ) -> FetchResult:
         current = self.index.get(key)
         if current is not None:
             # Someone stored it while we queued (another engine thread, a prefetch).
             with contextlib.suppress(FileNotFoundError, CorruptBlobError):
                 data = self.stores[current.tier].get(current.blob_id, current.blob)
-                return FetchResult(current, data)
+                return FetchResult(current, data, current.version)
         held = self._unstored.get(key)
         if held is not None:
             # Fetched moments ago (by a prefetch, or for another reader) but no tier took it:
             # serve it again rather than read the origin again. A reader's access may still
             # earn it a place now.
             if prefetch:
-                return FetchResult(None, held.data)
+                return FetchResult(None, held.data, held.version)
+        elif self.cluster is not None and via_peers:
+            held = self.cluster.fetch(origin, path, key)  # from the key's owner, or the origin
         else:
             started = time.time()  # the version was current at some instant after this
             fetched = origin.fetch(path)
             held = Held(fetched.data, fetched.version, started, fetched.crc32)
         entry = self.admit(key, held, prefetch=prefetch)
         if entry is None:
-            self._unstored.put(key, held, read=not prefetch)
+            # Held without its staged file: admit discarded that (a later admit stages anew).
+            self._unstored.put(key, held._replace(staged=None), read=not prefetch)
         else:
             self._unstored.drop(key)
-        return FetchResult(entry, held.data)
+        return FetchResult(entry, held.data, held.version)
 
     def admit(self, key: str, held: Held, *, prefetch: bool = False) -> Entry | None:
         """Store fetched bytes by policy; returns the entry, or None if no tier took it.
@@ -271,9 +293,18 @@ class Engine:
             if not prefetch:
                 for policy in self.policies:
                     policy.record(blob_id, len(data))
+        try:
+            return self._admit_into_tiers(key, blob_id, held, prefetch)
+        finally:
+            if held.staged is not None:  # received into a tier that did not keep it
+                held.staged.discard()
+
+    def _admit_into_tiers(self, key: str, blob_id: str, held: Held, prefetch: bool) -> Entry | None:
+        data = held.data
         for tier in range(self.admission_tier, len(self.stores)):
             store = self.stores[tier]
-            stored, compressed = store.encode(data)
+            pre = held.staged if held.staged_tier == tier else None
+            stored, compressed = (data, False) if pre is not None else store.encode(data)
             self._mover.wait_room(tier)  # back-pressure: the tier's demotions are behind
             with self._lock:
                 policy = self.policies[tier]
@@ -286,7 +317,7 @@ class Engine:
             try:
                 # The origin's check already hashed these bytes: no second pass over them.
                 known = None if compressed else held.crc32
-                staged: Staged | None = store.stage(
+                staged: Staged | None = pre or store.stage(
                     blob_id, stored, compressed, len(data), checksum=known
                 )
             except OSError as exc:
@@ -305,7 +336,7 @@ class Engine:
             if entry is not None:
                 self.counters.add("admissions", tier=tier)
                 return entry
-            if staged is not None:
+            if staged is not None and staged is not pre:
                 staged.discard()
         self.counters.add("not_admitted")
         return None
@@ -392,7 +423,9 @@ class Engine:
             entry = w.get(str(victim))
             if entry is None or entry.tier != tier:
                 continue
-            if tier + 1 < len(self.stores):
+            # A replica of another node's key is dropped, not copied down: its owner has it.
+            replica = self.cluster is not None and self.cluster.is_replica(entry.blob_id)
+            if tier + 1 < len(self.stores) and not replica:
                 self._mover.demote(entry)  # still served from this tier until it has moved
                 continue
             to_delete.append((tier, entry))
@@ -692,10 +725,23 @@ class Engine:
         return True
 
     # -- hints ------------------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str], stream: StreamId | None = None) -> None:
+    def hint(
+        self,
+        origin: Origin,
+        paths: Sequence[str],
+        stream: StreamId | None = None,
+        cluster: Sequence[str] | None = None,
+    ) -> None:
         """One reader's upcoming reads, in order: merged into the node's plan, which drives
         prefetch and the clairvoyant policies. ``stream`` says whose they are (process id
-        and label; default: this process): a new hint replaces that stream's plan only."""
+        and label; default: this process): a new hint replaces that stream's plan only.
+
+        ``cluster``: every node's upcoming reads in the cluster's time order; with
+        ``[cluster]`` the stream's plan is its own reads plus the keys this node owns that
+        other nodes will ask it for.
+        """
+        if self.cluster is not None and cluster is not None:
+            paths = self.cluster.plan(origin, paths, cluster)
         reads = planned_reads(origin, list(paths))
         self._follow(self._plan.update(stream or (os.getpid(), ""), reads))
 
@@ -776,6 +822,8 @@ class Engine:
         30 s), so that a hand-over leaves no write of this engine landing after the next
         engine has read the index."""
         self._stop.set()
+        if self.cluster is not None:
+            self.cluster.close()
         self._prefetch.stop()
         deadline = time.monotonic() + 30
         while wait and self._inflight and time.monotonic() < deadline:
@@ -831,3 +879,12 @@ def disk_full(exc: BaseException) -> bool:
     if isinstance(exc, lmdb.DiskError):
         return "space" in str(exc).lower() or "quota" in str(exc).lower()
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def attach_cluster(engine: Engine) -> Cluster | None:
+    """The engine's peer layer when the config has ``[cluster]`` (see tiercache.cluster)."""
+    if engine.config.cluster is None:
+        return None
+    from .cluster import Cluster
+
+    return Cluster(engine, engine.config.cluster)

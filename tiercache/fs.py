@@ -174,14 +174,19 @@ class TierCacheFileSystem(ChainedFileSystem):
     rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse
 
     # -- cache control ----------------------------------------------------------------------------
-    def hint(self, paths: Sequence[str], stream: str = "") -> None:
+    def hint(
+        self, paths: Sequence[str], stream: str = "", cluster: Sequence[str] | None = None
+    ) -> None:
         """Tell the cache the order of upcoming reads: it prefetches them, and clairvoyant
         eviction (``belady``) plans with them.
 
         Every process's hints merge into the node's plan; a new hint replaces only this
         process's earlier one with the same ``stream`` label (use one label per dataset
-        when a process reads several)."""
-        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths], stream)
+        when a process reads several). ``cluster``: the reads of every node of a
+        ``[cluster]`` in the cluster's order, so this node also prepares the keys it owns
+        that other nodes will ask it for."""
+        everyone = None if cluster is None else [self._strip_protocol(p) for p in cluster]
+        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths], stream, everyone)
 
     def warm(
         self,

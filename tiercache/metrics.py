@@ -36,7 +36,15 @@ from prometheus_client.utils import floatToGoString
 
 from .cache import Cache, open_cache
 from .config import Config, load_config
-from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, slot
+from .counters import (
+    ORIGIN_BUCKETS,
+    ORIGIN_OPS,
+    ORIGIN_STATUSES,
+    PEER_DIRECTIONS,
+    PEER_RESULTS,
+    PEER_SLOTS,
+    slot,
+)
 from .stats import report
 
 #: Why an entry left a tier for good (``tiercache_evictions_total{reason}``) -> counter.
@@ -263,7 +271,38 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
         [],
         [([], stats["data_wait_seconds"])],
     )
+    if config.cluster is not None:
+        out.extend(peer_families(config, counts))
     return out
+
+
+def peer_families(config: Config, counts: list[int]) -> list[Metric]:
+    """``tiercache_peer_*``: per peer of a ``[cluster]``, labelled with its address (members
+    by their position in the member list the engine last wrote; the rest as "other")."""
+    from .cluster import read_state
+
+    state = read_state(config.index_path) or {}
+    members = [m.get("address", "") for m in state.get("members", [])]
+    labels = {i: a for i, a in enumerate(members[: PEER_SLOTS - 1]) if a != state.get("self")}
+    labels[PEER_SLOTS - 1] = "other"
+    requests = CounterMetricFamily(
+        "tiercache_peer_requests",
+        "Reads this node sent to a peer, by outcome: hit (the peer had it), miss (the peer "
+        "read the origin for it), not_found, error, timeout, refused (401), corrupt (failed "
+        "its checksum or version check; read elsewhere).",
+        labels=["peer", "result"],
+    )
+    moved = CounterMetricFamily(
+        "tiercache_peer_bytes",
+        "Bytes received from (in) and served to (out) each peer.",
+        labels=["peer", "direction"],
+    )
+    for i, peer in labels.items():
+        for result in PEER_RESULTS:
+            requests.add_metric([peer, result], counts[slot(f"peer_request:{i}:{result}")])
+        for direction in PEER_DIRECTIONS:
+            moved.add_metric([peer, direction], counts[slot(f"peer_bytes:{i}:{direction}")])
+    return [requests, moved]
 
 
 def live_processes(directory: Path) -> int:

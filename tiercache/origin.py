@@ -396,6 +396,29 @@ class Origin:
         size = None if info is None else info.get("size")
         return size if isinstance(size, int) else None
 
+    def still_at(self, path: str, version: str) -> bool:
+        """Whether the object is still ``version`` at the origin (one HEAD). An origin that
+        cannot be reached says yes: what is cached stays in use while it is down."""
+        try:
+            return object_version(self.info(path, refresh=True)) == version
+        except OriginError:
+            return True
+        except FileNotFoundError:
+            return False
+
+    def version_in_hand(self, path: str, max_age: float) -> str | None:
+        """The object's version from a listing this process already holds, at most
+        ``max_age`` seconds old; None without one. Never sends a request (a peer's answer is
+        checked against it: cheap when known, skipped when not)."""
+        parent = posixpath.dirname(self.strip(path).rstrip("/"))
+        cached = self._listings.get(parent)
+        if cached is None or time.monotonic() - cached[0] > max_age:
+            return None
+        info = self.listed(path, max_age=float("inf"))
+        if info is None or info.get("type") == "directory":
+            return None
+        return object_version(info)
+
     def forget_listings(self) -> None:
         with self._lock:
             self._listings.clear()

@@ -7,6 +7,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .index import blob_id_for
+from .origin import ObjectTooLarge
 from .plan import PlannedRead
 
 if TYPE_CHECKING:
@@ -111,6 +113,8 @@ class Prefetcher:
             self.engine.counters.add("prefetch_issued")
             result = self.engine.fetch(read.origin, read.path, prefetch=True)
             size = len(result.data)  # in a tier, or held for the reader (``Unstored``)
+        except ObjectTooLarge:
+            self._fetch_blocks(read)  # counts its blocks as ahead itself
         except Exception as exc:  # a failed prefetch is only a lost optimisation
             log.debug("prefetch of %s failed: %s", read.path, exc)
         finally:
@@ -118,10 +122,36 @@ class Prefetcher:
                 self._running -= 1
                 if size:
                     self._typical = size
-                if size and read.blob_id in self._planned and read.blob_id not in self._ahead:
-                    self._ahead[read.blob_id] = size
-                    self._ahead_bytes += size
+                    self._count_ahead(read.blob_id, size)
                 self._cond.notify_all()
+
+    def _count_ahead(self, blob_id: str, size: int, *, planned: bool = False) -> None:
+        """Under ``_cond``: bytes now waiting for their reader (unless the plan moved on)."""
+        if (planned or blob_id in self._planned) and blob_id not in self._ahead:
+            self._ahead[blob_id] = size
+            self._ahead_bytes += size
+
+    def _fetch_blocks(self, read: PlannedRead) -> None:
+        """A large object (cached as blocks) in the plan: its blocks in order, while the
+        budget lasts; readers' reads of each block give its bytes back. Blocks past the
+        budget are fetched when read (and by a file's readahead)."""
+        from .blockfetch import fetcher_for
+
+        fetcher = fetcher_for(self.engine)
+        obj = fetcher.describe(read.origin, read.path)
+        if obj is None:
+            return
+        for index in range(obj.blocks):
+            with self._cond:
+                if self._stopped or read.blob_id not in self._planned:
+                    return
+                if index and self._ahead_bytes >= self.budget:
+                    return
+            block = fetcher.block(read.origin, obj, index, prefetch=True)
+            start, end = obj.span(index)
+            if block.entry is not None:  # stored (bytes only in hand are not kept)
+                with self._cond:
+                    self._count_ahead(blob_id_for(obj.block_key(index)), end - start, planned=True)
 
     def stop(self) -> None:
         with self._cond:

@@ -55,7 +55,7 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
     def g(name: str) -> int:
         return counts[slot(name)]
 
-    return {
+    out = {
         "requests": requests,
         "hits": hits_total,
         "misses": g("misses"),
@@ -91,4 +91,25 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
         "read_verifications": g("read_verifications"),
         "stale_refetches": g("stale_refetches"),
         "data_wait_seconds": g("data_wait_ns") / 1e9,
+    }
+    if config.cluster is not None:
+        out["cluster"] = cluster_report(config, g)
+    return out
+
+
+def cluster_report(config: Config, g: Any) -> dict[str, Any]:
+    """The peer tier: reads peers answered and their bytes, bytes served to peers, and how
+    many of the other members are up (as the engine last wrote it)."""
+    from .cluster import read_state
+
+    state = read_state(config.index_path) or {}
+    others = [m for m in state.get("members", []) if m.get("address") != state.get("self")]
+    return {
+        "peer_hits": g("peer_hits"),
+        "peer_bytes": g("peer_bytes"),
+        "served_bytes": g("peer_served_bytes"),
+        "served": g("peer_served"),
+        "peers": len(others),
+        "peers_up": sum(1 for m in others if m.get("up")),
+        "self": state.get("self"),
     }

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .tiers.store import Staged
 
 
 class Held(NamedTuple):
     """Bytes read from the origin, the version they are, and when (wall clock) they were read."""
 
-    data: bytes | bytearray  # a bytearray when read by tiercache.s3direct
+    data: bytes | bytearray | memoryview  # a bytearray from s3direct, a view from a peer
     version: str
     fetched_at: float
     crc32: int | None = None  # of ``data``, when the origin's read computed it
+    #: The bytes already written into a blob file of tier ``staged_tier`` (a peer's answer
+    #: received straight into the tier): admitting there publishes it without a copy.
+    staged: Staged | None = None
+    staged_tier: int = -1
 
 
 class Unstored:

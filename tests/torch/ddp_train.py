@@ -1,5 +1,8 @@
-"""Run by ``torchrun --nproc_per_node=2`` in the tests: DDP on gloo, both ranks sharing one
-node cache, each reading its share through DataLoader workers. Writes what it saw as JSON."""
+"""Run by ``torchrun`` in the tests: DDP on gloo, the ranks of a node sharing one node cache,
+each reading its share through DataLoader workers. Writes what it saw as JSON.
+
+``--nproc_per_node=2`` on one node (tests/torch), or ``--nnodes=2`` across two network
+namespaces (tests/cluster), where the sampler reads the node layout from torchrun."""
 
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     ds = TokenDataset(args["url"], seq_len=args["seq"], storage_options=args["options"],
                       cache=args["config"])  # fmt: skip
-    sampler = ShardShuffleSampler(ds, seed=7, window=4)  # rank and world from the process group
-    loader = DataLoader(ds, batch_size=16, sampler=sampler, num_workers=2,
+    # rank and world from the process group; nodes from torchrun's environment
+    sampler = ShardShuffleSampler(ds, seed=7, window=args.get("window", 4))
+    loader = DataLoader(ds, batch_size=16, sampler=sampler, num_workers=args.get("workers", 2),
                         persistent_workers=True)  # fmt: skip
     model = DistributedDataParallel(torch.nn.EmbeddingBag(65536, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -38,7 +42,8 @@ def main() -> None:
             firsts.extend(int(row[0]) for row in batch)
         seen.append(firsts)
     dist.barrier()
-    out = {"rank": rank, "world": world, "first_tokens": seen, "stats": ds.stats()}
+    out = {"rank": rank, "world": world, "nodes": sampler.num_nodes, "node": sampler.node_rank,
+           "first_tokens": seen, "stats": ds.stats()}  # fmt: skip
     with open(os.path.join(args["out"], f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
     dist.destroy_process_group()

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cache.take_over(timeout=args.takeover_timeout)
         metrics = serve_if_configured(config)
+        engine = cache.engine
+        cluster = engine.cluster.status(wait=30.0) if engine and engine.cluster else None
         totals = cache.index.totals()
         _status(
             args.json,
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 "config": config.source,
                 "tiers": totals,
                 "metrics": metrics.url if metrics is not None else None,
+                "cluster": cluster,
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
@@ -114,10 +117,12 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("stopping: finishing requests in flight")
     finally:
+        # Withdraw the marker first: clients turned away while this engine drains may then
+        # take the lock the moment it is released, instead of waiting for this process.
+        remove_marker(config.index_path)
         if metrics is not None:
             metrics.close()
         cache.close(wait=True)
-        remove_marker(config.index_path)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     _status(args.json, {"event": "stopped", "pid": os.getpid()})

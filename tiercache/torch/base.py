@@ -52,14 +52,24 @@ class ShardedDataset(Dataset[Any]):
         _, first = np.unique(shards, return_index=True)
         return [int(s) for s in shards[np.sort(first)]]
 
-    def hint(self, indices: Sequence[int] | np.ndarray) -> None:
+    def hint(
+        self, indices: Sequence[int] | np.ndarray, cluster: Sequence[int] | np.ndarray | None = None
+    ) -> None:
         """Pass the upcoming sample order to the cache as the shard paths it will read.
 
         The engine prefetches the missing shards ahead of the readers (bounded by
         ``[prefetch] depth_bytes``) and clairvoyant eviction (``belady``) plans with the
         order. Call it from the main process, once per epoch: samplers in this package do.
+        ``cluster``: the samples every node reads, in the cluster's order (a node-aware
+        :class:`~tiercache.torch.ShardShuffleSampler` passes it), so that a node of a
+        ``[cluster]`` also fetches ahead the shards it owns that other nodes will ask for.
         """
-        self.source.hint([self.shard_paths[s] for s in self.shard_order(indices)])
+        paths = [self.shard_paths[s] for s in self.shard_order(indices)]
+        if cluster is None:
+            self.source.hint(paths)
+        else:
+            everyone = [self.shard_paths[s] for s in self.shard_order(cluster)]
+            self.source.hint(paths, cluster=everyone)
 
     def stats(self) -> dict[str, Any]:
         """The node cache's statistics (``TierCacheFileSystem.stats()``)."""

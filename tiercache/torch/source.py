@@ -143,15 +143,19 @@ class Source:
             f.close()
 
     # -- cache control ----------------------------------------------------------------------------
-    def hint(self, paths: Sequence[str]) -> None:
+    def hint(self, paths: Sequence[str], cluster: Sequence[str] | None = None) -> None:
         """Tell the cache the upcoming read order; a no-op when reading the origin directly.
 
         The dataset's URL names the plan, so a process's training and validation datasets
-        each keep theirs in the node's merged plan."""
+        each keep theirs in the node's merged plan. ``cluster``: every node's upcoming reads,
+        in the cluster's order (node-aware sampling)."""
         fs = self.fs
         hint = getattr(fs, "hint", None)
         if hint is not None and paths:
-            hint(list(paths), stream=self.url)
+            if cluster is None:
+                hint(list(paths), stream=self.url)
+            else:
+                hint(list(paths), stream=self.url, cluster=list(cluster))
 
     def stats(self) -> dict[str, Any]:
         """The node cache's statistics (empty when reading the origin directly)."""
