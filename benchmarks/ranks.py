@@ -4,7 +4,7 @@
 
 The same token shards and the ``training`` policy with RAM + SSD together half the data,
 read for 3 epochs by ``torchrun --standalone --nproc-per-node=N`` (gloo) with N = 1 and 2,
-each rank through 2 DataLoader workers, both ranks sharing the node's cache (one engine,
+each rank through 2 DataLoader workers and an all-reduce per batch (DDP's lockstep), both ranks sharing the node's cache (one engine,
 embedded in whichever rank needed it first, or ``--service``: a ``tiercache engine``
 process). Origin bytes per epoch come from moto's request recorder. With the cache holding
 half the data, the optimum fetches half the data per epoch after the first; each rank's
@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 def rank_main(job: dict[str, Any]) -> None:
     """One rank: 3 epochs; rank 0 meters the origin between barriers."""
+    import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -64,9 +65,11 @@ def rank_main(job: dict[str, Any]) -> None:
         started = time.perf_counter()
         sampler.set_epoch(epoch)  # hints the epoch: prefetch starts here, metered
         samples = 0
+        step = torch.zeros(1)
         for batch in loader:
             samples += len(batch)
-            float(batch[:, 0].sum())
+            step[0] = float(batch[:, 0].sum())
+            dist.all_reduce(step)  # what DDP does every step: the ranks move in lockstep
         seconds = time.perf_counter() - started
         dist.barrier()
         if rank == 0:
