@@ -73,9 +73,13 @@ def rank_main(job: dict[str, Any]) -> None:
         seconds = time.perf_counter() - started
         dist.barrier()
         if rank == 0:
+            stats = ds.stats()
             rows.append({"epoch": epoch + 1, "seconds": seconds,
                          "origin_bytes": _origin_bytes(job["endpoint"], job["sizes"]),
-                         "rank0_samples_per_s": samples / seconds})  # fmt: skip
+                         "rank0_samples_per_s": samples / seconds,
+                         "cache": {k: stats[k] for k in ("misses", "not_admitted",
+                                                         "singleflight_waits", "prefetch")},
+                         "origin_reads": stats["origin"]["reads"]})  # fmt: skip
     if rank == 0:
         Path(job["out"]).write_text(json.dumps({"epochs": rows, "stats": ds.stats()}))
     dist.barrier()
