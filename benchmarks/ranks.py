@@ -6,10 +6,11 @@ The same token shards and the ``training`` policy with RAM + SSD together half t
 read for 3 epochs by ``torchrun --standalone --nproc-per-node=N`` (gloo) with N = 1 and 2,
 each rank through 2 DataLoader workers and an all-reduce per batch (DDP's lockstep), both
 ranks sharing the node's cache (one engine, embedded in whichever rank needed it first,
-or ``--service``: a ``tiercache engine`` process). Origin bytes per epoch come from moto's request recorder. With the cache holding
-half the data, the optimum fetches half the data per epoch after the first; each rank's
-sampler hints its own order and the engine merges them into one plan, so two ranks should
-need no more than one (the allowance: half the data + 5%).
+or ``--service``: a ``tiercache engine`` process). Origin bytes per epoch come from moto's
+request recorder. With the cache holding half the data, the optimum fetches half the data
+per epoch after the first; each rank's sampler hints its own order and the engine merges
+them into one plan, so two ranks should need no more than one (the allowance: half the
+data + 5%).
 
 ``--sampler shard``: ``ShardShuffleSampler`` (ranks stride one global order);
 ``--sampler distributed``: ``HintedSampler(DistributedSampler(...))`` (a global shuffle).
