@@ -4,12 +4,13 @@
 
 The same token shards and the ``training`` policy with RAM + SSD together half the data,
 read for 3 epochs by ``torchrun --standalone --nproc-per-node=N`` (gloo) with N = 1 and 2,
-each rank through 2 DataLoader workers, both ranks sharing the node's cache (one engine,
-embedded in whichever rank needed it first, or ``--service``: a ``tiercache engine``
-process). Origin bytes per epoch come from moto's request recorder. With the cache holding
-half the data, the optimum fetches half the data per epoch after the first; each rank's
-sampler hints its own order and the engine merges them into one plan, so two ranks should
-need no more than one (the allowance: half the data + 5%).
+each rank through 2 DataLoader workers and an all-reduce per batch (DDP's lockstep), both
+ranks sharing the node's cache (one engine, embedded in whichever rank needed it first,
+or ``--service``: a ``tiercache engine`` process). Origin bytes per epoch come from moto's
+request recorder. With the cache holding half the data, the optimum fetches half the data
+per epoch after the first; each rank's sampler hints its own order and the engine merges
+them into one plan, so two ranks should need no more than one (the allowance: half the
+data + 5%).
 
 ``--sampler shard``: ``ShardShuffleSampler`` (ranks stride one global order);
 ``--sampler distributed``: ``HintedSampler(DistributedSampler(...))`` (a global shuffle).
@@ -36,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 def rank_main(job: dict[str, Any]) -> None:
     """One rank: 3 epochs; rank 0 meters the origin between barriers."""
+    import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -64,15 +66,21 @@ def rank_main(job: dict[str, Any]) -> None:
         started = time.perf_counter()
         sampler.set_epoch(epoch)  # hints the epoch: prefetch starts here, metered
         samples = 0
+        step = torch.zeros(1)
         for batch in loader:
             samples += len(batch)
-            float(batch[:, 0].sum())
+            step[0] = float(batch[:, 0].sum())
+            dist.all_reduce(step)  # what DDP does every step: the ranks move in lockstep
         seconds = time.perf_counter() - started
         dist.barrier()
         if rank == 0:
+            stats = ds.stats()
             rows.append({"epoch": epoch + 1, "seconds": seconds,
                          "origin_bytes": _origin_bytes(job["endpoint"], job["sizes"]),
-                         "rank0_samples_per_s": samples / seconds})  # fmt: skip
+                         "rank0_samples_per_s": samples / seconds,
+                         "cache": {k: stats[k] for k in ("misses", "not_admitted",
+                                                         "singleflight_waits", "prefetch")},
+                         "origin_reads": stats["origin"]["reads"]})  # fmt: skip
     if rank == 0:
         Path(job["out"]).write_text(json.dumps({"epochs": rows, "stats": ds.stats()}))
     dist.barrier()

@@ -87,8 +87,10 @@ def fill(root: Path, entries: int) -> float:
         with index.write() as w:
             for i in range(start, min(entries, start + chunk)):
                 key = key_of(root, i)
-                entry = Entry(key, 0, OBJECT_BYTES, meta, "v1", now - rng.random() * 86400, 0,
-                              blob_id_for(key), now)  # fmt: skip
+                # Fetched and last read over the past day: a cache that has been running.
+                last = now - rng.random() * 86400
+                entry = Entry(key, 0, OBJECT_BYTES, meta, "v1", last, 0, blob_id_for(key),
+                              last - 3600)  # fmt: skip
                 w.put(entry)
                 ids.append(entry.blob_id)
         with store.small.begin(write=True) as txn:

@@ -51,6 +51,8 @@ log = logging.getLogger("tiercache")
 
 _ACCESS_BATCH = 256
 _ACCESS_MAX_AGE = 0.1
+#: An entry fetched less than this long ago whose first read reports at once.
+_FRESH_SECONDS = 120.0
 
 
 @dataclass
@@ -296,8 +298,10 @@ class Cache:
                 len(self._access) >= _ACCESS_BATCH
                 or time.monotonic() - self._access_since > _ACCESS_MAX_AGE
                 # The first read of a fresh entry (often a prefetched one) goes at once: the
-                # prefetcher's budget is freed, and clairvoyant policies step, by reads.
-                or entry.hits == 0
+                # prefetcher's budget is freed, and clairvoyant policies step, by reads. Only
+                # fresh ones: in a large cache most entries have never been read since the
+                # engine last flushed hits, and a message per hit halved hits per second.
+                or (entry.hits == 0 and time.time() - entry.fetched_at < _FRESH_SECONDS)
             )
             if not due:
                 return

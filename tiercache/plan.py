@@ -79,8 +79,10 @@ class _Stream:
 class NodePlan:
     """The merged plan of every stream hinting this node's engine. Thread-safe."""
 
-    def __init__(self, window: int = 64) -> None:
+    def __init__(self, window: int = 64, together: int = 16) -> None:
         self.window = window
+        #: Occurrences of one key this many positions apart (per stream) are one node read.
+        self.together = together
         self._streams: dict[StreamId, _Stream] = {}
         self._lock = threading.Lock()
 
@@ -119,13 +121,29 @@ class NodePlan:
             return {sid: (s.cursor, len(s.reads)) for sid, s in self._streams.items()}
 
     def _merged(self) -> list[PlannedRead]:
-        """Position by position across the streams, from each stream's cursor."""
+        """Position by position across the streams, from each stream's cursor.
+
+        A key several streams read at about the same time (ranks striding one global order
+        read the same shards in the same window) is one read for the node: the engine holds
+        the bytes for its other readers of that moment. Listing it once per stream made
+        belady admit every new shard for "the other rank's read just after", evicting a
+        resident needed next epoch: two ranks fetched twice what one did. So an occurrence
+        within ``together`` positions of the same key's last one is left out.
+        """
         rests = [s.remaining() for s in self._streams.values()]
         if len(rests) == 1:
             return rests[0]
         merged: list[PlannedRead] = []
+        last: dict[str, int] = {}
+        together = self.together * len(rests)
         for i in range(max((len(r) for r in rests), default=0)):
-            merged.extend(r[i] for r in rests if i < len(r))
+            for rest in rests:
+                if i < len(rest):
+                    read = rest[i]
+                    seen = last.get(read.blob_id)
+                    if seen is None or len(merged) - seen > together:
+                        last[read.blob_id] = len(merged)
+                        merged.append(read)
         return merged
 
 

@@ -40,6 +40,15 @@ def test_streams_merge_position_by_position_and_keep_their_own_place() -> None:
     assert plan.streams() == {(1, "a"): (2, 4), (2, "b"): (0, 2)}
 
 
+def test_ranks_reading_the_same_keys_together_plan_each_key_once() -> None:
+    """Ranks striding one global order read the same shards at about the same time: one
+    read for the node. The same keys far apart are two reads."""
+    plan = NodePlan(together=2)
+    plan.update((1, ""), _reads("a", "b", "c", "d", "e", "f", "g", "a"))
+    merged = plan.update((2, ""), _reads("a", "c", "b", "d", "e", "f", "g", "a"))
+    assert _paths(merged) == ["a", "b", "c", "d", "e", "f", "g", "a"]
+
+
 def test_reads_out_of_order_within_the_window_count_and_beyond_it_do_not() -> None:
     plan = NodePlan(window=2)
     plan.update((1, ""), _reads("k0", "k1", "k2", "k3"))
