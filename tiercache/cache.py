@@ -37,6 +37,8 @@ from .origin import Origin, OriginError
 from .security import ensure_private_dir
 from .service import live_service
 from .tiers.store import Buffer, CorruptBlobError, TierStore
+from .write.reads import staged_blob
+from .write.staging import Staging
 
 log = logging.getLogger("tiercache")
 
@@ -85,6 +87,12 @@ class Cache:
         self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
         self._validated: dict[str, float] = {}  # key -> when last checked against origin
         self._trace_fd = -1
+        #: The write tier (``tiercache.write``): staged files and their journal; None when
+        #: writes are off.
+        self.staging: Staging | None = None
+        if config.write is not None and config.write.enabled:
+            self.staging = Staging(config.write)
+        self.verify_staged = self._always_verify[-1]
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.
             ensure_private_dir(config.trace.parent)
@@ -92,16 +100,21 @@ class Cache:
             self._trace_fd = os.open(config.trace, flags, 0o600)
 
     # -- the read path ----------------------------------------------------------------------------
-    def locate(self, origin: Origin, path: str) -> Blob:
+    def locate(self, origin: Origin, path: str, *, pending: bool = True) -> Blob:
         """Find ``path`` in a tier, fetching it on a miss; counts one request.
 
         Always returns a verified blob or raises: FileNotFoundError for a missing object,
-        OriginError when the origin is unreachable and nothing is cached.
+        OriginError when the origin is unreachable and nothing is cached. ``pending``: this
+        node's writes not yet at the origin count (``tiercache.write.reads``).
         """
         key = origin.key(path)
         started = time.perf_counter()
         missed = False  # a remote engine stored it for us: served from a tier, still a miss
         try:
+            if pending and self.staging is not None:
+                staged = staged_blob(self, origin, path, key)
+                if staged is not None:
+                    return staged
             for _ in range(4):
                 entry = self.index.get(key)
                 if entry is not None and (missed or self._fresh(origin, path, key, entry)):
@@ -346,7 +359,9 @@ class Cache:
     def _become_engine(self, lock_fd: int) -> None:
         os.set_inheritable(lock_fd, False)
         self._lock_fd = lock_fd
-        self._engine = Engine(self.config, self.index, self.stores, self.counters)
+        self._engine = Engine(
+            self.config, self.index, self.stores, self.counters, staging=self.staging
+        )
         self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
         log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
 
@@ -415,6 +430,13 @@ class Cache:
             for blob_id, tier, size in header["records"]:
                 engine.record_access(blob_id, tier, size)
             return None
+        if op == "uploads":  # a writer staged something: the uploader looks now
+            if engine.uploader is not None:
+                engine.uploader.wake()
+            return None
+        if op == "uploads_retry":
+            retried = engine.uploader.retry_failed() if engine.uploader is not None else 0
+            return {"status": "ok", "retried": retried}, b""
         if op == "invalidate":
             engine.invalidate(header["key"])
             return {"status": "ok"}, b""
@@ -462,6 +484,25 @@ class Cache:
         self._resign(wait=wait)
         self._link.reset()
 
+    def drain_uploads(self) -> None:
+        """At exit, in the process that runs the engine: wait (up to ``[write]
+        exit_wait_seconds``) for pending uploads, so that a job's last checkpoint is in the
+        origin when it ends. Whatever is left stays staged; the next engine resumes it."""
+        engine = self._engine if self.pid == os.getpid() else None
+        write = self.config.write
+        if engine is None or engine.uploader is None or write is None:
+            return
+        if not write.exit_wait_seconds:
+            return
+        with contextlib.suppress(Exception):
+            left = engine.uploader.wait_idle(write.exit_wait_seconds, progress=True)
+            if left:
+                log.warning(
+                    "exiting with %d write(s) not yet at the origin; they stay staged in %s "
+                    "and the next engine (any process opening this cache, or `tiercache "
+                    "engine`) uploads them", len(left), write.path,
+                )  # fmt: skip
+
     def _after_fork(self) -> None:
         """Runs in a forked child: drop everything that belongs to the parent."""
         if self.pid == os.getpid():
@@ -470,6 +511,8 @@ class Cache:
         for store in self.stores:
             store.abandon()
         self.counters.after_fork()
+        if self.staging is not None:
+            self.staging.journal.abandon()
         self._link.forget()
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):
@@ -554,6 +597,7 @@ def close_all() -> None:
     """Close every cache this process opened (engine hand-over happens on exit too)."""
     with _CACHES_LOCK:
         for cache in list(_CACHES.values()):
+            cache.drain_uploads()
             cache.close()
         _CACHES.clear()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .sizes import parse_size
+from .write.settings import WriteConfig, parse_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,6 +112,8 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     origin: OriginConfig = field(default_factory=OriginConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: The write tier (``[write]``); None only for a Config built by hand: writes refused.
+    write: WriteConfig | None = None
     #: If set, every access is appended here as JSON lines (``tiercache simulate`` reads it).
     trace: Path | None = None
     #: Where the config came from, for messages.
@@ -195,6 +198,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
     )
     index_reader.done()
     trace = reader.pop("trace", str, default="")
+    write = parse_write(reader, tiers)
     reader.done()
     return Config(
         tiers=tiers,
@@ -205,6 +209,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
         admission=admission,
         origin=origin_cfg,
         metrics=metrics,
+        write=write,
         trace=_path(trace, "trace") if trace else None,
         source=origin,
     )

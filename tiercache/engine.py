@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import lmdb
 
@@ -43,6 +44,8 @@ from .origin import Origin
 from .prefetch import Prefetcher
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
+from .write.staging import Staging
+from .write.uploader import Uploader
 
 log = logging.getLogger("tiercache.engine")
 
@@ -59,7 +62,12 @@ class Engine:
     """Placement, promotion, demotion, eviction and single-flight fetch for one cache."""
 
     def __init__(
-        self, config: Config, index: Index, stores: list[TierStore], counters: Counters
+        self,
+        config: Config,
+        index: Index,
+        stores: list[TierStore],
+        counters: Counters,
+        staging: Staging | None = None,
     ) -> None:
         self.config = config
         self.index = index
@@ -94,6 +102,8 @@ class Engine:
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
         self._housekeeper.start()
+        #: Carries the write tier's journal to the origin (``tiercache.write.uploader``).
+        self.uploader = Uploader(self, staging) if staging is not None else None
 
     # -- start-up -----------------------------------------------------------------------------
     def rebuild(self) -> dict[str, int]:
@@ -258,11 +268,13 @@ class Engine:
         key: str,
         staged: Staged,
         held: Held,
+        size: int | None = None,
     ) -> Entry | None:
         """Publish a staged blob into ``tier``, evicting (demoting) what must make room.
 
         Returns None when the tier cannot take it (disk full, policy changed its mind); the
-        caller discards the staged bytes and tries the next tier.
+        caller discards the staged bytes and tries the next tier. ``size``: the object's
+        size when its bytes are not in ``held`` (an adopted file).
         """
         store, policy = self.stores[tier], self.policies[tier]
         blob_id, size = staged.blob_id, staged.meta.stored_size
@@ -284,8 +296,8 @@ class Engine:
                 return None
             raise
         entry = Entry(
-            key, tier, len(held.data), meta, held.version, time.time(), 0, blob_id,
-            held.fetched_at,
+            key, tier, len(held.data) if size is None else size, meta, held.version,
+            time.time(), 0, blob_id, held.fetched_at,
         )  # fmt: skip
         try:
             with self.index.write() as w:
@@ -443,6 +455,34 @@ class Engine:
             self.counters.add("invalidations", tier=old.tier)
             self.policies[old.tier].remove(blob_id)
             self.stores[old.tier].delete(blob_id, old.blob)
+
+    def adopt(self, key: str, source: Path, size: int, crc32: int, version: str) -> Entry | None:
+        """A file this node wrote, now verified at the origin: make it an ordinary entry of
+        the slowest tier, under that tier's policy (linked there, not copied, when the tier
+        stores it as is on the same filesystem). Returns None when the tier declines it;
+        either way, no older copy of ``key`` stays cached."""
+        tier = len(self.stores) - 1
+        store, blob_id = self.stores[tier], blob_id_for(key)
+        self._unstored.drop(key)
+        with self._lock:
+            self._drop(blob_id)
+            if not self.policies[tier].admit(blob_id, size):
+                self.counters.add("not_admitted")
+                return None
+            self._staging[tier] += size
+        try:  # the slow part, unlocked: a link, or a copy (compressed tiers, other disks)
+            staged = store.stage_from_file(blob_id, source, size, crc32)
+        finally:
+            with self._lock:
+                self._staging[tier] -= size
+        held = Held(b"", version, time.time(), crc32)  # the bytes stay on disk
+        with self._lock:
+            entry = self._place(tier, key, staged, held, size=size)
+        if entry is None:
+            staged.discard()
+        else:
+            self.counters.add("admissions", tier=tier)
+        return entry
 
     def invalidate(self, key: str) -> None:
         """Forget a key (checksum failure, changed at the origin); the next read refetches."""
@@ -632,6 +672,8 @@ class Engine:
         30 s), so that a hand-over leaves no write of this engine landing after the next
         engine has read the index."""
         self._stop.set()
+        if self.uploader is not None:
+            self.uploader.close()
         self._prefetch.stop()
         deadline = time.monotonic() + 30
         while wait and self._inflight and time.monotonic() < deadline:

@@ -164,6 +164,26 @@ class TierStore:
         meta = BlobMeta(len(stored), checksum, compressed, False, st.st_ino, st.st_mtime_ns)
         return Staged(blob_id, meta, tmp=tmp)
 
+    def stage_from_file(self, blob_id: str, source: Path, size: int, checksum: int) -> Staged:
+        """Stage the bytes of an existing file (an upload the write tier verified): a hard
+        link when the tier keeps them as they are on the same filesystem, else a copy
+        through :meth:`stage`. ``checksum``: the file's CRC32, known already."""
+        if size > self.config.small_object_bytes and not self.compress:
+            tmp = self.tmp_dir / f"{_TMP_PREFIX}{blob_id}-{secrets.token_hex(4)}"
+            try:
+                os.link(source, tmp)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+            else:
+                st = os.stat(tmp)
+                meta = BlobMeta(size, checksum, False, False, st.st_ino, st.st_mtime_ns)
+                return Staged(blob_id, meta, tmp=tmp)
+        stored, compressed = self.encode(source.read_bytes())
+        return self.stage(
+            blob_id, stored, compressed, size, checksum=None if compressed else checksum
+        )
+
     def publish(self, staged: Staged) -> BlobMeta:
         """Make a staged blob visible under its id (a rename: atomic, and keeps inode and
         mtime, so the identity recorded at staging stays true)."""
