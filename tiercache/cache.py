@@ -91,7 +91,7 @@ class Cache:
         #: writes are off.
         self.staging: Staging | None = None
         if config.write is not None and config.write.enabled:
-            self.staging = Staging(config.write)
+            self.staging = Staging(config.write, owner=str(config.index_path))
         self.verify_staged = self._always_verify[-1]
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.

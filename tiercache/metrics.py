@@ -36,8 +36,8 @@ from prometheus_client.utils import floatToGoString
 
 from .cache import Cache, open_cache
 from .config import Config, load_config
-from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, slot
-from .stats import report
+from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, UPLOAD_BUCKETS, slot
+from .stats import pending, report
 
 #: Why an entry left a tier for good (``tiercache_evictions_total{reason}``) -> counter.
 EVICTION_REASONS = {
@@ -59,7 +59,7 @@ class CacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         cache = self.cache
         counts = cache.counters.snapshot()  # one snapshot: every metric of a scrape agrees
-        out = families(cache.config, counts, cache.index.totals())
+        out = families(cache.config, counts, cache.index.totals(), pending(cache))
         live = GaugeMetricFamily(
             "tiercache_processes",
             "Live processes that have read through this cache (each keeps a counter file); "
@@ -70,9 +70,15 @@ class CacheCollector(Collector):
         return iter(out)
 
 
-def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> list[Metric]:
-    """Every metric family, from one counters snapshot and the index's per-tier totals."""
-    stats = report(config, counts, totals)
+def families(
+    config: Config,
+    counts: list[int],
+    totals: dict[str, dict[str, int]],
+    uploads: dict[str, Any] | None = None,
+) -> list[Metric]:
+    """Every metric family, from one counters snapshot, the index's per-tier totals and
+    the write journal's summary (``uploads``)."""
+    stats = report(config, counts, totals, uploads)
     names = config.tier_names
     last = names[-1]
     out: list[Metric] = []
@@ -244,6 +250,72 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
         "all processes.",
         [],
         [([], stats["data_wait_seconds"])],
+    )
+    out.extend(upload_families(stats["uploads"], counts))
+    return out
+
+
+def upload_families(uploads: dict[str, Any], counts: list[int]) -> list[Metric]:
+    """The write tier's metrics: what waits to reach the origin, what did, what failed."""
+    out: list[Metric] = []
+    for name, doc, value in (
+        (
+            "tiercache_upload_pending_bytes",
+            "Bytes written on this node and not yet durable at the origin (failed included).",
+            uploads.get("pending_bytes", 0) + uploads.get("failed_bytes", 0),
+        ),
+        (
+            "tiercache_upload_pending_files",
+            "Writes, deletes and renames not yet at the origin (failed ones not included).",
+            uploads.get("pending_files", 0),
+        ),
+        (
+            "tiercache_upload_failed_files",
+            "Operations the origin refused for good: kept staged, retried every 5 minutes.",
+            uploads.get("failed_files", 0),
+        ),
+        (
+            "tiercache_upload_oldest_pending_seconds",
+            "Age of the oldest write not yet at the origin (0: none).",
+            uploads.get("oldest_pending_seconds", 0.0),
+        ),
+    ):
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], value)
+        out.append(gauge)
+    for name, doc, value in (
+        (
+            "tiercache_uploaded_bytes",
+            "Bytes of files verified durable at the origin.",
+            uploads["uploaded_bytes"],
+        ),
+        (
+            "tiercache_upload_failures",
+            "Uploads the origin refused for good (403, a missing bucket), each time.",
+            uploads["upload_failures"],
+        ),
+        (
+            "tiercache_upload_retries",
+            "Upload requests that failed and were retried (network, throttling, 5xx).",
+            uploads["upload_retries"],
+        ),
+    ):
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], value)
+        out.append(counter)
+    cumulative, buckets = 0, []
+    for i, bound in enumerate(UPLOAD_BUCKETS):
+        cumulative += counts[slot(f"upload_bucket:{i}")]
+        buckets.append((floatToGoString(bound), cumulative))
+    cumulative += counts[slot(f"upload_bucket:{len(UPLOAD_BUCKETS)}")]
+    buckets.append(("+Inf", cumulative))
+    out.append(
+        HistogramMetricFamily(
+            "tiercache_upload_seconds",
+            "Time from an upload's first attempt until it was verified at the origin.",
+            buckets=buckets,
+            sum_value=uploads["seconds"],
+        )
     )
     return out
 

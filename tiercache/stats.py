@@ -6,7 +6,7 @@ from typing import Any
 
 from .cache import Cache
 from .config import Config
-from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, slot
+from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, UPLOAD_BUCKETS, slot
 
 
 def collect(cache: Cache) -> dict[str, Any]:
@@ -15,10 +15,20 @@ def collect(cache: Cache) -> dict[str, Any]:
     Reads only shared state (counter files, the index), never asks the engine, so a
     monitoring process never becomes the engine just by looking.
     """
-    return report(cache.config, cache.counters.snapshot(), cache.index.totals())
+    return report(cache.config, cache.counters.snapshot(), cache.index.totals(), pending(cache))
 
 
-def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> dict[str, Any]:
+def pending(cache: Cache) -> dict[str, Any] | None:
+    """What the write tier's journal holds now (None: writes are off)."""
+    return cache.staging.journal.summary() if cache.staging is not None else None
+
+
+def report(
+    config: Config,
+    counts: list[int],
+    totals: dict[str, dict[str, int]],
+    uploads: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The report from one counters snapshot and the index totals.
 
     Split from :func:`collect` so the Prometheus exporter builds every metric of a scrape
@@ -88,4 +98,18 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
         "checksum_failures": g("checksum_failures"),
         "stale_refetches": g("stale_refetches"),
         "data_wait_seconds": g("data_wait_ns") / 1e9,
+        "uploads": {
+            **(uploads or {"pending_files": 0, "pending_bytes": 0, "failed_files": 0}),
+            "uploads": g("uploads"),
+            "uploaded_bytes": g("uploaded_bytes"),
+            "sent_bytes": g("upload_part_bytes"),
+            "upload_failures": g("upload_failures"),
+            "upload_retries": g("upload_retries"),
+            "staged_reads": g("staged_reads"),
+            "seconds": g("upload_seconds_ns") / 1e9,
+            "latency_buckets": {
+                str(b): counts[slot(f"upload_bucket:{i}")] for i, b in enumerate(UPLOAD_BUCKETS)
+            }
+            | {"+Inf": counts[slot(f"upload_bucket:{len(UPLOAD_BUCKETS)}")]},
+        },
     }

@@ -260,22 +260,21 @@ class WriteOps:
             if seen is not None and seen.op.kind == PUT:
                 # Still staged here: the new name gets its own link to the same bytes.
                 old = seen.op
-                token = staging.link(old.token)
-                try:
-                    with journal.write() as w:
-                        current = w.latest(src_key)
-                        if current is None or current.seq != old.seq:
-                            raise _Changed
-                        put = Op(0, PUT, dst_key, dst, origin, token=token, size=old.size)
-                        put.crc32 = old.crc32
-                        w.append(put)
-                        w.append(Op(0, DELETE, src_key, src, origin))
-                except _Changed:
-                    staging.release(token)
-                    continue
-                except BaseException:
-                    staging.release(token)
-                    raise
+                with staging.linked(old.token) as token:
+                    try:
+                        with journal.write() as w:
+                            current = w.latest(src_key)
+                            if current is None or current.seq != old.seq:
+                                raise _Changed
+                            put = Op(0, PUT, dst_key, dst, origin, token=token, size=old.size)
+                            put.crc32 = old.crc32
+                            w.append(put)
+                            w.append(Op(0, DELETE, src_key, src, origin))
+                    except BaseException as exc:
+                        staging.release(token)
+                        if isinstance(exc, _Changed):
+                            continue
+                        raise
                 self._kick()
                 return
             if seen is not None:  # a pending copy: move what it will copy

@@ -33,6 +33,7 @@ import json
 import logging
 import posixpath
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,22 @@ class Seen:
         return self.op.kind != DELETE
 
 
+#: Journals open in this process, by directory: LMDB refuses to open one file twice.
+_OPEN: dict[Path, Journal] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_journal(path: Path, owner: str) -> Journal:
+    """The process's :class:`Journal` in ``path``, opened once; ``owner`` names the cache
+    (its index directory) that uploads it: one write path serves one cache only."""
+    with _OPEN_LOCK:
+        journal = _OPEN.get(path)
+        if journal is None:
+            journal = _OPEN[path] = Journal(path)
+    journal.claim(owner)
+    return journal
+
+
 class Journal:
     """The write journal of one write tier (see the module docstring)."""
 
@@ -147,17 +164,38 @@ class Journal:
         self.done = self.env.open_db(b"done")
         self.origins = self.env.open_db(b"origins")
         self.meta = self.env.open_db(b"meta")
-        with transaction(), self.env.begin(write=True) as txn:
-            found = txn.get(b"format", db=self.meta)
-            if found is None:
-                txn.put(b"format", FORMAT, db=self.meta)
-            elif found != FORMAT:
-                # Never drop a journal: it may hold the only copy of acknowledged writes.
-                raise RuntimeError(
-                    f"{path}/journal.lmdb is in format {found.decode()}, this tiercache "
-                    f"writes {FORMAT.decode()}: upload its pending writes with the tiercache "
-                    "version that made them (`tiercache uploads --wait`) before upgrading"
-                )
+        with transaction(), self.env.begin(db=self.meta) as txn:
+            found = txn.get(b"format")
+        if found is None:
+            with transaction(), self.env.begin(write=True, db=self.meta) as txn:
+                found = txn.get(b"format")
+                if found is None:
+                    txn.put(b"format", FORMAT)
+                    found = FORMAT
+        if found != FORMAT:
+            # Never drop a journal: it may hold the only copy of acknowledged writes.
+            self.env.close()
+            raise RuntimeError(
+                f"{path}/journal.lmdb is in format {bytes(found).decode()}, this tiercache "
+                f"writes {FORMAT.decode()}: upload its pending writes with the tiercache "
+                "version that made them (`tiercache uploads --wait`) before upgrading"
+            )
+
+    def claim(self, owner: str) -> None:
+        """Record which cache uploads this journal; refuse a second one."""
+        with transaction(), self.env.begin(db=self.meta) as txn:
+            found = txn.get(b"owner")
+        if found is None:
+            with transaction(), self.env.begin(write=True, db=self.meta) as txn:
+                found = txn.get(b"owner")
+                if found is None:
+                    txn.put(b"owner", owner.encode())
+                    return
+        if bytes(found).decode() != owner:
+            raise ValueError(
+                f"[write] path {self.path} already stages the writes of the cache at "
+                f"{bytes(found).decode()}; give the cache at {owner} a [write] path of its own"
+            )
 
     # -- writing ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -279,12 +317,19 @@ class Journal:
         }
 
     def close(self) -> None:
+        self._forget()
         self.env.close()
+
+    def _forget(self) -> None:
+        with _OPEN_LOCK:
+            if _OPEN.get(self.path) is self:
+                del _OPEN[self.path]
 
     def abandon(self) -> None:
         """After fork, in the child (see ``Index.abandon``)."""
         from ..index import _ABANDONED
 
+        self._forget()
         try:
             self.env.close()
         except Exception:

@@ -28,12 +28,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..security import ensure_private_dir
 from ..sizes import format_size
-from .journal import Journal
+from .journal import open_journal
 from .settings import WriteConfig
 
 log = logging.getLogger("tiercache.write")
@@ -42,25 +42,30 @@ log = logging.getLogger("tiercache.write")
 class Staging:
     """One write tier's staging directory and journal, in this process."""
 
-    def __init__(self, config: WriteConfig) -> None:
+    def __init__(self, config: WriteConfig, owner: str) -> None:
         self.config = config
         self.root = config.path
         self.open_dir = self.root / "open"
         self.data_dir = self.root / "data"
         for d in (self.root, self.open_dir, self.data_dir):
             ensure_private_dir(d)
-        self.journal = Journal(self.root)
+        self.journal = open_journal(self.root, owner)
         #: How much a writer may write between two quota checks.
         self.step = max(1 << 20, min(64 << 20, config.capacity // 16))
 
     # -- files ------------------------------------------------------------------------------------
     def create(self) -> tuple[int, str]:
         """A new, empty staging file for one writer: (descriptor, token), locked by it."""
-        token = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        fd = os.open(self.open_dir / token, flags, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # "a live writer has this open" (see sweep)
-        return fd, token
+        while True:
+            token = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
+            fd = os.open(self.open_dir / token, flags, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # "a live writer has this open" (see sweep)
+            if os.fstat(fd).st_nlink:
+                return fd, token
+            # The sweeper locked it in the instant before we did, took it for a dead
+            # writer's file and deleted it: start another.
+            os.close(fd)
 
     def open_path(self, token: str) -> Path:
         return self.open_dir / _checked(token)
@@ -74,13 +79,21 @@ class Staging:
             os.rename(self.open_path(token), self.data_path(token))
         fsync_dir(self.data_dir)
 
-    def link(self, token: str) -> str:
+    @contextlib.contextmanager
+    def linked(self, token: str) -> Iterator[str]:
         """A second name for a staged file (a rename in the cache: the new path's upload
-        owns it, while the old one may still be uploading). Returns the new token."""
-        new = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
-        os.link(self.data_path(token), self.data_path(new))
-        fsync_dir(self.data_dir)
-        return new
+        owns it, while the old one may still be uploading), for the caller to journal
+        inside the ``with`` block. Until the block ends the file is locked, so the sweeper
+        leaves the new name alone although no journal entry refers to it yet."""
+        fd = os.open(self.data_path(token), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one inode: locks both names
+            new = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
+            os.link(self.data_path(token), self.data_path(new))
+            fsync_dir(self.data_dir)
+            yield new
+        finally:
+            os.close(fd)
 
     def release(self, token: str) -> None:
         """Delete a staged file its journal entry no longer refers to."""

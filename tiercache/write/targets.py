@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import zlib
@@ -114,6 +115,10 @@ def _crc_from(value: Any) -> tuple[int, int] | None:
         return int.from_bytes(base64.b64decode(text), "big"), parts
     except ValueError:
         return None
+
+
+def _plain_md5(etag: str) -> bool:
+    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
 
 
 def composite_crc(part_crcs: list[int]) -> int:
@@ -219,10 +224,16 @@ class S3Target(Target):
             ChecksumAlgorithm="CRC32", ChecksumCRC32=b64crc(crc32),
             timeout=self.timeout + size / 1e6,
         )  # fmt: skip
-        echoed = _crc_from(resp.get("ChecksumCRC32"))
         etag = str(resp.get("ETag", "")).strip('"')
+        if _plain_md5(etag):
+            # The server's own digest of what it stored (not an echo of what we claimed).
+            if etag.lower() != hashlib.md5(data, usedforsecurity=False).hexdigest():
+                raise VerifyError(f"s3://{path}: the origin stored other bytes (ETag {etag})")
+            return f"{size}:{etag}"
+        echoed = _crc_from(resp.get("ChecksumCRC32"))
         if echoed is not None and echoed[1] == 0 and etag:
-            # S3 checked the body against the CRC32 sent and stored it: verified.
+            # Encrypted with KMS or a customer key: the ETag is no digest, but S3 checked the
+            # body against the CRC32 sent before storing it.
             if echoed[0] != crc32:
                 raise VerifyError(f"s3://{path}: stored CRC32 {echoed[0]:08x}, sent {crc32:08x}")
             return f"{size}:{etag}"

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..ipc import load_origin
-from .journal import COPY, DELETE, DURABLE, FAILED, PUT, Op
+from .journal import COPY, DELETE, DURABLE, FAILED, PENDING, PUT, Op
 from .order import plan
 from .settings import MAX_PARTS
 from .staging import Staging
-from .targets import Target, VerifyError, classify, file_crc, target_for
+from .targets import Target, VerifyError, classify, error_code, file_crc, target_for
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -108,10 +108,15 @@ class Uploader:
 
     def retry_failed(self) -> int:
         """Try every failed operation again now (``tiercache uploads --retry``)."""
-        failed = [op.seq for op in self.journal.pending() if op.state == FAILED]
+        failed = [op for op in self.journal.pending() if op.state == FAILED]
+        with self.journal.write() as w:
+            for op in failed:
+                op.state = PENDING
+                w.update(op)
         with self._lock:
-            for seq in failed:
-                self._retry_at.pop(seq, None)
+            for op in failed:
+                self._retry_at.pop(op.seq, None)
+                self._reported.discard(op.seq)
         self.wake()
         return len(failed)
 
@@ -251,7 +256,8 @@ class Uploader:
         if isinstance(exc, StagedCorrupt):
             kind = "permanent"
         what = f"{op.kind} {op.key}"
-        message = f"{type(exc).__name__}: {exc}"
+        code = error_code(exc)
+        message = f"{type(exc).__name__}: {exc}" + (f" (S3 error {code})" if code else "")
         now = time.monotonic()
         with self._lock:
             attempts = self._attempts[op.seq] = self._attempts.get(op.seq, 0) + 1
@@ -376,7 +382,7 @@ class Uploader:
             if self._stop.is_set():
                 return
             length = _part_length(n, mp.count, mp.part_size, op.size)
-            fd = os.open(self.staging.data_path(op.token), os.O_RDONLY)
+            fd = self._open_staged(op)
             try:
                 data = os.pread(fd, length, (n - 1) * mp.part_size)
             finally:
@@ -422,8 +428,17 @@ class Uploader:
             raise
         self._durable(op, version)
 
+    def _open_staged(self, op: Op) -> int:
+        try:
+            return os.open(self.staging.data_path(op.token), os.O_RDONLY)
+        except FileNotFoundError:
+            raise StagedCorrupt(
+                f"the staged copy of {op.key} ({self.staging.data_path(op.token)}) is missing"
+            ) from None
+
     def _put(self, op: Op) -> None:
         path = self.staging.data_path(op.token)
+        os.close(self._open_staged(op))
         try:
             version = self._target(op).put(op.path, path, op.size, op.crc32)
         except VerifyError:
