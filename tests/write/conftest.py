@@ -3,11 +3,12 @@ cache whose write tier is small enough for MiB-sized tests, and worker processes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,27 +82,35 @@ def upload_parts(proxy: FaultProxy, key: str) -> int:
 
 @dataclass
 class Worker:
-    """A worker process (``tests/write/workers.py``) and the events it printed."""
+    """A worker process (``tests/write/workers.py``) and the events it printed (read by a
+    thread as they come)."""
 
     proc: subprocess.Popen[str]
     events: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(line))
+
     def poll(self) -> list[dict[str, Any]]:
-        out = self.proc.stdout
-        assert out is not None
-        while select.select([out], [], [], 0)[0]:
-            line = out.readline()
-            if not line:
-                break
-            self.events.append(json.loads(line))
         return self.events
 
     def wait_for(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
         def seen() -> bool:
+            if any(e["event"] == event for e in self.events):
+                return True
             if self.proc.poll() is not None:
-                self.poll()
+                self._reader.join(timeout=10)  # what it printed before it exited
+                if any(e["event"] == event for e in self.events):
+                    return True
                 raise AssertionError(f"worker exited ({self.proc.returncode}) before {event!r}")
-            return any(e["event"] == event for e in self.poll())
+            return False
 
         assert wait_until(seen, timeout), f"no {event!r} from worker in {timeout} s"
         return next(e for e in self.events if e["event"] == event)

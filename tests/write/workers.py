@@ -85,7 +85,7 @@ def dcp_save(spec: dict[str, Any]) -> None:
     """Save a state dict with PyTorch DCP through tiercache, then linger (to be killed)."""
     import torch
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FsspecWriter
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
     state = {f"w{i}": torch.full((spec["numel"],), float(i)) for i in range(spec["tensors"])}
     s3 = {"endpoint_url": spec["endpoint"], "key": "testing", "secret": "testing"}
