@@ -297,3 +297,36 @@ def test_metrics_show_uploads(wfs: Any, proxy: FaultProxy, bucket: str) -> None:
     assert names["tiercache_uploaded_bytes"].samples[0].value >= 10_000
     assert "tiercache_upload_failures" in names and "tiercache_upload_seconds" in names
     assert wait_until(lambda: True)
+
+
+def test_uploads_command_lists_waits_and_retries(
+    wfs: Any, proxy: FaultProxy, s3_server: S3, bucket: str, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.reliability.workers import toml
+    from tests.write.conftest import ROOT
+
+    cfg = tmp_path / "cache.toml"
+    cfg.write_text(toml(wfs.config_dict))
+
+    def uploads(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tiercache", "uploads", "--config", str(cfg), *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    proxy.add(Fault("status", times=None, method="PUT", status=403, code="AccessDenied"))
+    wfs.pipe_file(f"{bucket}/cli/denied", b"d" * 100)
+    assert [u["state"] for u in wfs.sync(timeout=60)] == ["failed"]
+    listed = uploads("--json")
+    assert listed.returncode == 1, listed.stderr
+    report = json.loads(listed.stdout)
+    assert report["failed"] == 1 and report["pending"][0]["url"] == f"s3://{bucket}/cli/denied"
+    table = uploads()
+    assert "failed" in table.stdout and "AccessDenied" in table.stdout
+    proxy.clear()
+    done = uploads("--retry", "--wait", "--json", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["pending"] == []
+    assert object_bytes(s3_server, bucket, "cli/denied") == b"d" * 100
