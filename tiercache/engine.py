@@ -268,13 +268,13 @@ class Engine:
         key: str,
         staged: Staged,
         held: Held,
-        size: int | None = None,
+        logical_size: int | None = None,
     ) -> Entry | None:
         """Publish a staged blob into ``tier``, evicting (demoting) what must make room.
 
         Returns None when the tier cannot take it (disk full, policy changed its mind); the
-        caller discards the staged bytes and tries the next tier. ``size``: the object's
-        size when its bytes are not in ``held`` (an adopted file).
+        caller discards the staged bytes and tries the next tier. ``logical_size``: the
+        object's size when its bytes are not in ``held`` (an adopted file).
         """
         store, policy = self.stores[tier], self.policies[tier]
         blob_id, size = staged.blob_id, staged.meta.stored_size
@@ -296,7 +296,7 @@ class Engine:
                 return None
             raise
         entry = Entry(
-            key, tier, len(held.data) if size is None else size, meta, held.version,
+            key, tier, len(held.data) if logical_size is None else logical_size, meta, held.version,
             time.time(), 0, blob_id, held.fetched_at,
         )  # fmt: skip
         try:
@@ -477,7 +477,7 @@ class Engine:
                 self._staging[tier] -= size
         held = Held(b"", version, time.time(), crc32)  # the bytes stay on disk
         with self._lock:
-            entry = self._place(tier, key, staged, held, size=size)
+            entry = self._place(tier, key, staged, held, logical_size=size)
         if entry is None:
             staged.discard()
         else:
