@@ -33,10 +33,12 @@ from .counters import Counters
 from .engine import Engine
 from .index import Entry, Index
 from .ipc import EngineLink, EngineServer, EngineUnavailable, dump_origin, load_origin
+from .localfs import refuse_network
 from .origin import Origin, OriginError
 from .security import ensure_private_dir
 from .service import live_service
 from .tiers.store import Buffer, CorruptBlobError, TierStore
+from .verified import VerifiedTable
 from .write.reads import staged_blob
 from .write.staging import Staging
 
@@ -69,10 +71,15 @@ class Cache:
 
     def _open(self) -> None:
         config = self.config
+        if not config.allow_network_fs:
+            refuse_network(config.index_path, "index.path")
+            for tier in config.tiers:
+                refuse_network(tier.path, f"tier {tier.name!r} path")
         self.pid = os.getpid()
         self.index = Index(config.index_path, config.tier_names)
         self.stores = [TierStore(t) for t in config.tiers]
         self.counters = Counters(config.index_path / "stats")
+        self.verified = VerifiedTable(config.index_path)
         self._always_verify = [t.verify == "always" for t in config.tiers]
         self._engine: Engine | None = None
         self._server: EngineServer | None = None
@@ -85,7 +92,6 @@ class Cache:
         self._access_since = time.monotonic()
         self._access_lock = threading.Lock()
         self._origins: dict[bytes, Origin] = {}  # engine side: origins clients sent us
-        self._validated: dict[str, float] = {}  # key -> when last checked against origin
         self._trace_fd = -1
         #: The write tier (``tiercache.write``): staged files and their journal; None when
         #: writes are off.
@@ -176,8 +182,27 @@ class Cache:
             if entry.blob.small or entry.blob.compressed:
                 return Blob(entry, store.get(entry.blob_id, entry.blob))
             verify = self._always_verify[entry.tier]
-            return Blob(entry, store.mapped(entry.blob_id, entry.blob, verify=verify))
+            ttl = self.config.tiers[entry.tier].verify_ttl_seconds
+            if verify and self.verified.fresh(entry.blob_id, entry.blob, ttl):
+                verify = False  # another process on the node hashed this very file lately
+            view = store.mapped(entry.blob_id, entry.blob, verify=verify)
+            if verify:
+                self.counters.add("read_verifications")
+                if ttl > 0:
+                    self.verified.record(entry.blob_id, entry.blob)
+            return Blob(entry, view)
         except FileNotFoundError:
+            if store.wiped():
+                store.reopen()
+            current = self.index.get(entry.key)
+            if current is not None and (current.tier, current.blob) == (entry.tier, entry.blob):
+                # Not moved by the engine (that changes the entry first): the file is gone
+                # under a live entry, e.g. a job epilogue wiped /dev/shm. Drop the entry;
+                # the caller's next look finds none and refetches.
+                log.warning(
+                    "%s: its blob in tier %s is gone; refetching", entry.key, store.config.name
+                )
+                self.engine_call("invalidate", key=entry.key)
             return None
         except CorruptBlobError as exc:
             log.warning("%s: %s; refetching from the origin", entry.key, exc)
@@ -186,36 +211,41 @@ class Cache:
             return None
 
     def _fresh(self, origin: Origin, path: str, key: str, entry: Entry) -> bool:
-        """Whether the cached copy may be served under the ``[validation]`` rules."""
+        """Whether the cached copy may be served under the ``[validation]`` rules.
+
+        ``ttl``: an entry fetched or validated by any process less than ``ttl_seconds`` ago
+        (``fetched_at`` in the index) is fresh; an older one is validated by the engine,
+        once for the whole node, which records the time in the index for every process.
+        ``always``: every open asks the origin, from this process.
+        """
         mode = self.config.validation.mode
         if mode == "never" or origin.config.offline:
             return True
-        ttl = self.config.validation.ttl_seconds
-        now = time.monotonic()
-        if mode == "ttl" and (
-            now - self._validated.get(key, -1e18) < ttl
-            # Fetched by any process less than ttl ago: the fetch itself validated it. This
-            # keeps DataLoader workers from each listing the origin (and building an S3
-            # client, a second of CPU) for shards the engine prefetched for them.
-            or 0 <= time.time() - entry.fetched_at < ttl
-        ):
-            return True
+        if mode == "ttl":
+            if 0 <= time.time() - entry.fetched_at < self.config.validation.ttl_seconds:
+                return True
+            return self._validated_by_engine(origin, path)
         try:
-            if mode == "always":
-                current: str | None = _version_of(origin, path)
-            else:
-                current = origin.version_from_listing(path, max_age=ttl)
+            current: str | None = _version_of(origin, path)
         except OriginError:
             return True  # an unreachable origin still serves what is cached
         except FileNotFoundError:
             current = None
         if current == entry.version:
-            self._validated[key] = now
             return True
         log.info("%s changed at the origin (%s -> %s); refetching", key, entry.version, current)
         self.counters.add("stale_refetches")
         self.engine_call("invalidate", key=key)
         return False
+
+    def _validated_by_engine(self, origin: Origin, path: str) -> bool:
+        engine = self._local_engine()
+        if engine is not None:
+            return engine.validate(origin, path)
+        if origin.pickled is None:
+            origin.pickled = dump_origin(origin.fs)
+        reply, _ = self.engine_call("validate", _payload=origin.pickled, path=origin.strip(path))
+        return bool(reply["fresh"])
 
     def _miss(self, origin: Origin, path: str, key: str, want_data: bool) -> Blob | None:
         """Have the engine fetch ``path``. Returns the bytes in hand, or None when they are
@@ -227,7 +257,6 @@ class Cache:
         engine = self._local_engine()
         if engine is not None:
             result = engine.fetch(origin, path)
-            self._validated[key] = time.monotonic()
             if result.entry is None:
                 return Blob(_uncached_entry(key, result.data), result.data)
             return Blob(result.entry, result.data)
@@ -236,7 +265,6 @@ class Cache:
         reply, payload = self.engine_call(
             "fetch", _payload=origin.pickled, path=origin.strip(path), want_data=want_data
         )
-        self._validated[key] = time.monotonic()
         if reply["status"] == "data":
             return Blob(_uncached_entry(key, payload), payload)
         return None
@@ -271,15 +299,20 @@ class Cache:
                 self.engine_call("access", _oneway=True, records=records)
 
     # -- hints and warm-up ------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
+    def hint(self, origin: Origin, paths: Sequence[str], stream: str = "") -> None:
+        """This process's upcoming reads (``stream`` tells apart several plans of one
+        process); the engine merges them with every other reader's on the node."""
         stripped = [origin.strip(p) for p in paths]
         engine = self._local_engine()
+        name = f"{os.getpid()}:{stream}"
         if engine is not None:
-            engine.hint(origin, stripped)
+            engine.hint(origin, stripped, (os.getpid(), name))
         else:
             if origin.pickled is None:
                 origin.pickled = dump_origin(origin.fs)
-            self.engine_call("hint", _oneway=True, _payload=origin.pickled, paths=stripped)
+            self.engine_call(
+                "hint", _oneway=True, _payload=origin.pickled, paths=stripped, stream=name
+            )
 
     # -- the engine: here, or reached over the socket -------------------------------------------
     def _local_engine(self) -> Engine | None:
@@ -360,7 +393,7 @@ class Cache:
         os.set_inheritable(lock_fd, False)
         self._lock_fd = lock_fd
         self._engine = Engine(
-            self.config, self.index, self.stores, self.counters, staging=self.staging
+            self.config, self.index, self.stores, self.counters, self.verified, self.staging
         )
         self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
         log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
@@ -446,8 +479,13 @@ class Cache:
             return {"status": "ok", "report": engine.clear(header.get("tier"))}, b""
         origin = self._origin_from(payload)
         if op == "hint":
-            engine.hint(origin, header["paths"])
+            # The sender's pid as this process sees it (0 across pid namespaces): the stream
+            # stops counting when that process dies.
+            stream = (int(header.get("peer_pid", 0)), str(header.get("stream", "")))
+            engine.hint(origin, header["paths"], stream)
             return None
+        if op == "validate":
+            return {"status": "ok", "fresh": engine.validate(origin, header["path"])}, b""
         if op == "fetch":
             result = engine.fetch(origin, header["path"])
             if result.entry is None or header.get("want_data"):
@@ -508,6 +546,7 @@ class Cache:
         if self.pid == os.getpid():
             return
         self.index.abandon()
+        self.verified.abandon()
         for store in self.stores:
             store.abandon()
         self.counters.after_fork()

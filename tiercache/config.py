@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .localfs import mount_of, user_cache_home
 from .sizes import parse_size
 from .write.settings import WriteConfig, parse_write
 
@@ -25,7 +26,7 @@ ENV_VAR = "TIERCACHE_CONFIG"
 
 VALIDATION_MODES = ("always", "ttl", "never")
 COMPRESSIONS = ("none", "lz4")
-VERIFY_MODES = ("always", "on-change")
+VERIFY_MODES = ("auto", "always", "on-change")
 
 
 class ConfigError(ValueError):
@@ -41,14 +42,20 @@ class TierConfig:
     capacity: int
     eviction: str | dict[str, Any] = "lru"
     compression: str = "none"
-    #: "always": checksum every read; "on-change": checksum when the blob file's identity
-    #: (inode, size, mtime) differs from what was verified before. Memory tiers cannot rot,
-    #: so re-hashing unchanged shared-memory files on every hit buys nothing.
+    #: "always": checksum a blob when it comes from disk into use (shared node-wide for
+    #: ``verify_ttl_seconds``); "on-change": checksum when the blob file's identity (inode,
+    #: size, mtime) differs from what was verified before. Memory tiers cannot rot, so
+    #: re-hashing unchanged shared-memory files buys nothing. The config's "auto" (the
+    #: default) is resolved when it is read: "on-change" on tmpfs/ramfs, else "always".
     verify: str = "always"
     #: Never let the filesystem's free space fall below this (bytes).
     min_free: int = 0
     #: Objects up to this size live in the tier's small-object store, not one file each.
     small_object_bytes: int = 64 * 1024
+    #: With verify = "always": a blob one process verified counts as verified for every
+    #: process on the node for this long (while its file is unchanged), so N DataLoader
+    #: workers reading one shard hash it once, not N times. 0: every open hashes.
+    verify_ttl_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,8 @@ class Config:
     write: WriteConfig | None = None
     #: If set, every access is appended here as JSON lines (``tiercache simulate`` reads it).
     trace: Path | None = None
+    #: Let the index and tiers live on network or shared filesystems (NFS, Lustre, FUSE...).
+    allow_network_fs: bool = False
     #: Where the config came from, for messages.
     source: str = "<dict>"
 
@@ -198,6 +207,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
     )
     index_reader.done()
     trace = reader.pop("trace", str, default="")
+    allow_network_fs = reader.pop("allow_network_fs", bool, default=False)
     write = parse_write(reader, tiers)
     reader.done()
     return Config(
@@ -212,6 +222,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
         write=write,
         trace=_path(trace, "trace") if trace else None,
         source=origin,
+        allow_network_fs=allow_network_fs,
     )
 
 
@@ -282,8 +293,14 @@ def _section(reader: _Reader, key: str, cls: type, parse: Any) -> Any:
 
 
 def _path(text: str, key: str) -> Path:
+    """A configured path: ``{uid}`` is the user's id, ``{cache_home}`` the user's local cache
+    directory (see ``localfs.user_cache_home``), then ``$VARS`` and ``~`` are expanded."""
     if not text:
         raise ConfigError(f"{key} must not be empty")
+    if "{uid}" in text:
+        text = text.replace("{uid}", str(os.getuid()))
+    if "{cache_home}" in text:
+        text = text.replace("{cache_home}", str(user_cache_home()))
     return Path(os.path.expandvars(text)).expanduser().absolute()
 
 
@@ -309,15 +326,20 @@ def _parse_tier(i: int, raw: Any, origin: str) -> TierConfig:
     compression = r.pop("compression", str, default="none")
     if compression not in COMPRESSIONS:
         raise r.error("compression", compression, f"one of {', '.join(COMPRESSIONS)}")
-    verify = r.pop("verify", str, default="always")
+    verify = r.pop("verify", str, default="auto")
     if verify not in VERIFY_MODES:
         raise r.error("verify", verify, f"one of {', '.join(VERIFY_MODES)}")
+    if verify == "auto":
+        verify = "on-change" if mount_of(path).is_memory else "always"
+    verify_ttl = _number(r, "verify_ttl_seconds", 600.0, minimum=0)
     min_free = _size(r, "min_free", r.pop("min_free", (int, str), default="1%"), total)
     small = _size(r, "small_object_bytes", r.pop("small_object_bytes", (int, str), default=65536))
     if small > 16 * 1024**2:
         raise r.error("small_object_bytes", small, "at most 16MiB")
     r.done()
-    return TierConfig(name, path, capacity, eviction, compression, verify, min_free, small)
+    return TierConfig(
+        name, path, capacity, eviction, compression, verify, min_free, small, verify_ttl
+    )
 
 
 def _size(r: _Reader, key: str, value: Any, total: int | None = None) -> int:

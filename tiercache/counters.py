@@ -66,6 +66,7 @@ GLOBAL = (
     "origin_list_ok",
     "origin_list_not_found",
     "origin_list_error",
+    "read_verifications",  # disk-tier blobs hashed on the read path (shared node-wide)
 )
 #: Origin request operations and outcomes the ``origin_<op>_<status>`` slots cover.
 ORIGIN_OPS = ("get", "head", "list")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 
@@ -40,14 +42,20 @@ from .config import Config
 from .counters import Counters
 from .eviction import EvictionPolicy, Key, policy_from_spec
 from .index import Entry, Index, IndexWriter, blob_id_for
-from .origin import Origin
+from .mover import Move, Mover
+from .origin import Origin, OriginError, object_version
+from .plan import NodePlan, PlannedRead, StreamId, planned_reads
 from .prefetch import Prefetcher
+from .service import pid_alive
+from .startup import start_up
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
+from .verified import VerifiedTable
 from .write.staging import Staging
 from .write.uploader import Uploader
 
 log = logging.getLogger("tiercache.engine")
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,9 +75,11 @@ class Engine:
         index: Index,
         stores: list[TierStore],
         counters: Counters,
+        verified: VerifiedTable,
         staging: Staging | None = None,
     ) -> None:
         self.config = config
+        self.verified = verified
         self.index = index
         self.stores = stores
         self.counters = counters
@@ -79,6 +89,7 @@ class Engine:
         self.admission_tier = config.tier_names.index(config.admission.tier)
         self._lock = threading.RLock()  # policies, index writes, promotion bookkeeping
         self._inflight: dict[str, Future[FetchResult]] = {}
+        self._validating: dict[str, Future[bool]] = {}
         self._inflight_lock = threading.Lock()
         self._staging = [0] * len(config.tiers)  # bytes being written into each tier
         self._pool = ThreadPoolExecutor(
@@ -93,11 +104,18 @@ class Engine:
         #: a failed or killed commit must leave every committed entry's blob in place).
         self._pending: list[tuple[int, Entry]] = []
         self._prefetch = Prefetcher(self)
+        self._plan = NodePlan()
+        self._mover = Mover(self)
         # Room for what prefetch holds ahead plus as much again for readers of recent misses.
         self._unstored = Unstored(2 * self._prefetch.budget)
         self._stop = threading.Event()
         #: What this engine found and fixed when it started (shown by ``verify``).
-        self.reconciled_at_start = self.rebuild()
+        self.reconciled_at_start: dict[str, int] = {}
+        self._replay_cancelled = False
+        self._unreplayed = [0] * len(config.tiers)
+        self._hold_unreplayed()
+        self._started = threading.Event()
+        threading.Thread(target=self._start_up, name="tiercache-startup", daemon=True).start()
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="tiercache-housekeeping", daemon=True
         )
@@ -106,73 +124,69 @@ class Engine:
         self.uploader = Uploader(self, staging) if staging is not None else None
 
     # -- start-up -----------------------------------------------------------------------------
-    def rebuild(self) -> dict[str, int]:
-        """Reconcile index and tiers after a crash or takeover; refill policy state.
+    def _start_up(self) -> None:
+        try:
+            self.reconciled_at_start = start_up(self)
+        except Exception:  # the engine serves on; the next start reconciles again
+            log.exception("reconciling the cache at start failed")
+        finally:
+            self._started.set()
 
-        Entries are replayed oldest access first, so recency-based policies resume in the
-        order they would have had.
-        """
-        report = {"orphan_blobs": 0, "dangling_entries": 0, "temporaries": 0, "evicted": 0}
-        present: list[dict[str, int]] = []
-        small: list[set[str]] = []
-        for store in self.stores:
-            report["temporaries"] += store.sweep_temporaries()
-            present.append(store.blob_files())
-            small.append(store.small_ids())
-        entries = sorted(self.index, key=lambda e: e.last_access)
-        referenced: list[set[str]] = [set() for _ in self.stores]
-        with self._lock, self.index.write() as w:
-            for policy in self.policies:
-                for key in list(policy.resident()):
-                    policy.remove(key)
-            for entry in entries:
-                if entry.tier >= len(self.stores):
-                    w.delete(entry.blob_id)
-                    report["dangling_entries"] += 1
-                    continue
-                where = small[entry.tier] if entry.blob.small else present[entry.tier]
-                ok = entry.blob_id in where
-                if ok and not entry.blob.small:
-                    ok = present[entry.tier][entry.blob_id] == entry.blob.stored_size
-                if not ok:
-                    w.delete(entry.blob_id)
-                    report["dangling_entries"] += 1
-                    continue
-                referenced[entry.tier].add(entry.blob_id)
-                for victim in self.policies[entry.tier].insert(
-                    entry.blob_id, entry.blob.stored_size
-                ):  # the capacity may have shrunk since the last run
-                    old = w.delete(str(victim))
-                    if old is not None:
-                        self.stores[old.tier].delete(old.blob_id, old.blob)
-                        referenced[old.tier].discard(old.blob_id)
-                        report["evicted"] += 1
-        for tier, store in enumerate(self.stores):
-            for blob_id in present[tier].keys() - referenced[tier]:
-                store.delete(blob_id, BlobMeta(0, 0, False, False))
-                report["orphan_blobs"] += 1
-            for blob_id in small[tier] - referenced[tier]:
-                store.delete(blob_id, BlobMeta(0, 0, False, True))
-                report["orphan_blobs"] += 1
-        if any(report.values()):
-            log.info("reconciled cache at start: %s", report)
-        return report
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until start-up (policy replay and reconciliation) is done."""
+        return self._started.wait(timeout)
+
+    def rebuild(self) -> dict[str, int]:
+        """Replay and reconcile now, from scratch (``verify --repair``)."""
+        self.wait_started()
+        with self._lock:
+            self._hold_unreplayed()
+            return start_up(self)
+
+    def _hold_unreplayed(self) -> None:
+        """Empty the policies; the index's bytes count against each tier as unreplayed
+        until the replay has fed every entry back."""
+        totals = self.index.totals()
+        self._unreplayed = [totals[t.name]["used_bytes"] for t in self.config.tiers]
+        #: Bytes a tier holds beyond its capacity (it shrank, or the last engine stopped
+        #: with demotions queued): the replay moves that many of its oldest entries down.
+        self._excess = [
+            max(0, held - t.capacity)
+            for held, t in zip(self._unreplayed, self.config.tiers, strict=True)
+        ]
+        for policy, tier, held in zip(
+            self.policies, self.config.tiers, self._unreplayed, strict=True
+        ):
+            for key in list(policy.resident()):
+                policy.remove(key)
+            policy.capacity = max(0, tier.capacity - held)
 
     # -- misses ---------------------------------------------------------------------------------
     def fetch(self, origin: Origin, path: str, *, prefetch: bool = False) -> FetchResult:
         """Read ``path`` from the origin once, however many callers ask at the same time."""
         key = origin.key(path)
+        try:
+            return self._once(
+                self._inflight, key, lambda: self._fetch_and_place(origin, path, key, prefetch)
+            )
+        finally:
+            if not prefetch:
+                self._consumed(blob_id_for(key))
+
+    def _once(self, table: dict[str, Future[T]], key: str, work: Callable[[], T]) -> T:
+        """Single flight: the first caller for ``key`` runs ``work``; concurrent callers
+        wait for its result (or its exception)."""
         with self._inflight_lock:
-            future = self._inflight.get(key)
+            future = table.get(key)
             leader = future is None
             if leader:
-                future = self._inflight[key] = Future()
+                future = table[key] = Future()
         assert future is not None
         if not leader:
             self.counters.add("singleflight_waits")
             return future.result()
         try:
-            result = self._fetch_and_place(origin, path, key, prefetch)
+            result = work()
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -180,9 +194,45 @@ class Engine:
             raise
         finally:
             with self._inflight_lock:
-                del self._inflight[key]
-            if not prefetch:
-                self._prefetch.consumed(blob_id_for(key))
+                del table[key]
+
+    def validate(self, origin: Origin, path: str) -> bool:
+        """Whether the cached copy of ``path`` still matches the origin, asked once for the
+        whole node: one HEAD however many processes find the entry due, and the time is
+        recorded in the index (``fetched_at``), so every process trusts it for the TTL.
+        A changed object is dropped (the caller refetches); an unreachable origin, or one
+        that cannot be asked right now, leaves the cached copy in use."""
+        key = origin.key(path)
+        return self._once(self._validating, key, lambda: self._validate(origin, path, key))
+
+    def _validate(self, origin: Origin, path: str, key: str) -> bool:
+        entry = self.index.get(key)
+        if entry is None:
+            return False
+        if 0 <= time.time() - entry.fetched_at < self.config.validation.ttl_seconds:
+            return True  # validated (or refetched) by another request meanwhile
+        asked_at = time.time()
+        try:
+            current: str | None = object_version(origin.info(path, refresh=True))
+        except OriginError:
+            return True
+        except FileNotFoundError:
+            current = None
+        if current != entry.version:
+            log.info("%s changed at the origin (%s -> %s); refetching", key, entry.version, current)
+            self.counters.add("stale_refetches")
+            self.invalidate(key)
+            return False
+        try:
+            with self.index.write() as w:
+                now = w.get(entry.blob_id)
+                if now is not None and now.version == entry.version:
+                    now.fetched_at = asked_at
+                    w.touch(now)
+        except Exception as exc:  # a full index: the next reader asks again
+            if not disk_full(exc):
+                raise
+        return True
 
     def _fetch_and_place(self, origin: Origin, path: str, key: str, prefetch: bool) -> FetchResult:
         current = self.index.get(key)
@@ -227,6 +277,7 @@ class Engine:
         for tier in range(self.admission_tier, len(self.stores)):
             store = self.stores[tier]
             stored, compressed = store.encode(data)
+            self._mover.wait_room(tier)  # back-pressure: the tier's demotions are behind
             with self._lock:
                 policy = self.policies[tier]
                 wanted = policy.admit_ahead if prefetch else policy.admit
@@ -294,6 +345,8 @@ class Engine:
                 self.counters.add("bypass_full", tier=tier)
                 log.warning("tier %s is out of disk space; skipping it", store.config.name)
                 return None
+            if isinstance(exc, FileNotFoundError):  # the tier was wiped meanwhile
+                return None
             raise
         entry = Entry(
             key, tier, len(held.data) if logical_size is None else logical_size, meta, held.version,
@@ -320,12 +373,19 @@ class Engine:
         store, policy = self.stores[tier], self.policies[tier]
         room = store.free_bytes() + written - store.config.min_free
         # Bytes other admissions are still writing are spoken for.
-        budget = min(store.config.capacity - self._staging[tier], policy.used + max(0, room))
+        budget = max(
+            0,
+            min(
+                store.config.capacity - self._staging[tier] - self._unreplayed[tier],
+                policy.used + max(0, room),
+            ),
+        )
         policy.capacity = budget
         return size <= budget
 
     def _evict(self, w: IndexWriter, tier: int, victims: list[Key]) -> list[tuple[int, Entry]]:
-        """Demote ``victims`` of ``tier`` to the next tier (or drop them from the last).
+        """Let ``victims`` of ``tier`` go: to the mover, which copies them down to the next
+        tier in the background, or, from the last tier, out of the index.
 
         Returns the (tier, entry) blobs to delete once the index commit has landed.
         """
@@ -334,49 +394,65 @@ class Engine:
             entry = w.get(str(victim))
             if entry is None or entry.tier != tier:
                 continue
+            if tier + 1 < len(self.stores):
+                self._mover.demote(entry)  # still served from this tier until it has moved
+                continue
             to_delete.append((tier, entry))
-            lower = tier + 1
-            moved = None
-            if lower < len(self.stores):
-                moved = self._copy_into(w, entry, lower)
-            if moved is None:
-                w.delete(entry.blob_id)
-                self.counters.add("evictions", tier=tier)
-            else:
-                self.counters.add("demotions", tier=tier)
+            w.delete(entry.blob_id)
+            self.counters.add("evictions", tier=tier)
         return to_delete
 
-    def _copy_into(self, w: IndexWriter, entry: Entry, tier: int) -> Entry | None:
-        """Copy an entry's blob into ``tier`` within the open index transaction ``w``."""
-        with contextlib.ExitStack() as stack:
-            try:
-                data = stack.enter_context(
-                    self.stores[entry.tier].borrowed(entry.blob_id, entry.blob)
-                )
-            except (FileNotFoundError, CorruptBlobError):
-                return None  # gone or damaged: nothing worth moving
-            return self._copy_bytes_into(w, entry, tier, data)
-
-    def _copy_bytes_into(
-        self, w: IndexWriter, entry: Entry, tier: int, data: Buffer
-    ) -> Entry | None:
-        store, policy = self.stores[tier], self.policies[tier]
-        stored, compressed = store.encode(data)
-        if not self._fit_to_disk(tier, len(stored)):
-            self.counters.add("bypass_full", tier=tier)
-            return None
-        victims = policy.insert(entry.blob_id, len(stored))
-        if entry.blob_id not in policy:
-            self._pending.extend(self._evict(w, tier, victims))
-            return None
+    def _finish_move(self, move: Move, entry: Entry, staged: Staged | None) -> None:
+        """Commit a move the mover has copied (under the engine lock): the destination's
+        policy takes the key (or not), the index points at the new copy, the old one goes.
+        A demotion the destination does not take is an eviction; a promotion it does not
+        take leaves the key where it was."""
+        src, dst = move.src, move.dst
+        policy = self.policies[dst]
         try:
-            meta = store.put_encoded(entry.blob_id, stored, compressed, len(data))
+            with self.index.write() as w:
+                now = w.get(move.blob_id)
+                if now is None or now.tier != src or now.blob != entry.blob:
+                    if staged is not None:
+                        staged.discard()
+                    return  # changed while it was being copied
+                moved = None
+                if staged is not None:
+                    size = staged.meta.stored_size
+                    written = size if staged.tmp is not None else 0
+                    if self._fit_to_disk(dst, size, written) and (
+                        not move.promotion or policy.admit(move.blob_id, size)
+                    ):
+                        victims = policy.insert(move.blob_id, size)
+                        if move.blob_id in policy:
+                            moved = self._publish_moved(w, now, dst, staged)
+                            if moved is None:
+                                policy.remove(move.blob_id)
+                        self._pending.extend(self._evict(w, dst, victims))
+                    if moved is None:
+                        staged.discard()
+                if moved is not None:
+                    self.policies[src].remove(move.blob_id)
+                    self._pending.append((src, now))
+                    self.counters.add("promotions" if move.promotion else "demotions", tier=src)
+                elif not move.promotion:
+                    w.delete(move.blob_id)
+                    self._pending.append((src, now))
+                    self.counters.add("evictions", tier=src)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self._index_full(exc)
+            return
+        self._delete_blobs(self._take_pending())
+
+    def _publish_moved(
+        self, w: IndexWriter, entry: Entry, tier: int, staged: Staged
+    ) -> Entry | None:
+        try:
+            meta = self.stores[tier].publish(staged)
         except OSError as exc:
-            policy.remove(entry.blob_id)
-            # The policy has already let the victims go: they must leave the index too,
-            # or the tier's totals and its policy disagree from here on.
-            self._pending.extend(self._evict(w, tier, victims))
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENOENT):
                 raise
             self.counters.add("bypass_full", tier=tier)
             return None
@@ -385,7 +461,6 @@ class Engine:
             entry.fetched_at,
         )  # fmt: skip
         w.put(moved)
-        self._pending.extend(self._evict(w, tier, victims))
         return moved
 
     def _settle(self, tier: int, victims: list[Key]) -> None:
@@ -429,8 +504,11 @@ class Engine:
     def _resync_from_index(self) -> None:
         """Replay the committed index into fresh policies; delete blob files it does not
         name (written for a commit that failed). Writes nothing to the index."""
+        self._replay_cancelled = True  # this replays everything; start-up need not
+        self._unreplayed = [0] * len(self.stores)
         entries = sorted(self.index, key=lambda e: e.last_access)
         for tier, policy in enumerate(self.policies):
+            policy.capacity = self.config.tiers[tier].capacity
             for key in list(policy.resident()):
                 policy.remove(key)
             mine = [e for e in entries if e.tier == tier]
@@ -443,6 +521,25 @@ class Engine:
             known = {e.blob_id for e in mine if not e.blob.small}
             for blob_id in store.blob_files().keys() - known:
                 store.delete(blob_id, BlobMeta(0, 0, False, False))
+
+    def _recover_wiped(self, tier: int) -> None:
+        """A tier's directory was deleted under the cache: its entries point at nothing.
+        Make it again and drop them (the origin has them all); readers refetch."""
+        store = self.stores[tier]
+        with self._lock:
+            store.reopen()
+            lost = [e for e in self.index if e.tier == tier]
+            with self.index.write() as w:
+                for entry in lost:
+                    w.delete(entry.blob_id)
+            for entry in lost:
+                self.policies[tier].remove(entry.blob_id)
+        self.counters.add("invalidations", len(lost), tier=tier)
+        log.warning(
+            "tier %s: %s was deleted under the cache; made it again and dropped its %d "
+            "entries (they are refetched when read)",
+            store.config.name, store.root, len(lost),
+        )  # fmt: skip
 
     def _drop(self, blob_id: str) -> None:
         """Remove a key from every tier and the index (stale or corrupt copy)."""
@@ -464,6 +561,7 @@ class Engine:
         tier = len(self.stores) - 1
         store, blob_id = self.stores[tier], blob_id_for(key)
         self._unstored.drop(key)
+        self._mover.wait_room(tier)
         with self._lock:
             self._drop(blob_id)
             if not self.policies[tier].admit(blob_id, size):
@@ -497,11 +595,17 @@ class Engine:
         Repair never loses anything the origin cannot give back: bad entries are dropped
         (the next read refetches them), orphans deleted, totals recomputed.
         """
+        problems: list[str] = []
+        bad: list[Entry] = []
+        sums = {name: {"entries": 0, "used_bytes": 0} for name in self.config.tier_names}
+        files_on_disk = {}
+        self.wait_started()
+        self._mover.drain()
+        # A consistent picture under the lock (the index, its totals, the files on disk and
+        # the policies); the slow part, hashing every blob, runs after, unlocked.
         with self._lock:
-            problems: list[str] = []
-            bad: list[Entry] = []
-            sums = {name: {"entries": 0, "used_bytes": 0} for name in self.config.tier_names}
             entries = list(self.index)
+            totals = self.index.totals()
             for entry in entries:
                 if entry.tier >= len(self.stores):
                     problems.append(f"{entry.key}: entry points at unknown tier {entry.tier}")
@@ -510,16 +614,9 @@ class Engine:
                 t = sums[self.config.tier_names[entry.tier]]
                 t["entries"] += 1
                 t["used_bytes"] += entry.blob.stored_size
-                try:
-                    self.stores[entry.tier].get(entry.blob_id, entry.blob)
-                except (FileNotFoundError, CorruptBlobError) as exc:
-                    problems.append(f"{entry.key}: {type(exc).__name__}: {exc}")
-                    bad.append(entry)
-            totals = self.index.totals()
             for name, counted in sums.items():
                 if totals[name] != counted:
                     problems.append(f"tier {name}: index totals {totals[name]} != {counted}")
-            files_on_disk = {}
             for tier, store in enumerate(self.stores):
                 name = self.config.tier_names[tier]
                 on_disk = store.blob_files()
@@ -537,25 +634,36 @@ class Engine:
                 self.check()
             except AssertionError as exc:
                 problems.append(f"policy state: {exc}")
-            repaired = False
-            if repair and problems:
+        for entry in entries:
+            if entry.tier >= len(self.stores):
+                continue
+            try:
+                self.stores[entry.tier].get(entry.blob_id, entry.blob)
+            except (FileNotFoundError, CorruptBlobError) as exc:
+                now = self.index.get_by_blob_id(entry.blob_id)
+                if now is not None and (now.tier, now.blob) == (entry.tier, entry.blob):
+                    problems.append(f"{entry.key}: {type(exc).__name__}: {exc}")
+                    bad.append(entry)  # not moved or replaced meanwhile: really damaged
+        repaired = False
+        if repair and problems:
+            with self._lock:
                 with self.index.write() as w:
                     for entry in bad:
                         w.delete(entry.blob_id)
                     w.recount_totals()
                 self.rebuild()
-                repaired = True
-            return {
-                "ok": not problems,
-                "entries": len(entries),
-                "problems": problems,
-                "repaired": repaired,
-                "reconciled_at_start": self.reconciled_at_start,
-                "tiers": {
-                    name: {**sums[name], "blob_file_bytes": files_on_disk[name]}
-                    for name in self.config.tier_names
-                },
-            }
+            repaired = True
+        return {
+            "ok": not problems,
+            "entries": len(entries),
+            "problems": problems,
+            "repaired": repaired,
+            "reconciled_at_start": self.reconciled_at_start,
+            "tiers": {
+                name: {**sums[name], "blob_file_bytes": files_on_disk[name]}
+                for name in self.config.tier_names
+            },
+        }
 
     def clear(self, tier: str | None = None) -> dict[str, int]:
         """Drop every entry (of one tier, or all); the origin still has everything."""
@@ -589,66 +697,83 @@ class Engine:
                     self._promote_queue.append(blob_id)
                 else:
                     self._promotion_hits[blob_id] = hits
-        self._prefetch.consumed(blob_id)
+        self._consumed(blob_id)
 
     def promote(self, blob_id: str) -> bool:
-        """Move an entry one tier up (copy, commit, delete the old blob)."""
+        """Queue a move of an entry one tier up; returns whether it was queued.
+
+        Promotion is an admission: a full static tier, or MIN knowing that every resident
+        is needed sooner, keeps the key where it is (no copying churn). The mover asks the
+        upper tier's policy again when the copy is ready."""
         with self._lock:
             entry = self.index.get_by_blob_id(blob_id)
             if entry is None or entry.tier == 0:
                 return False
-            upper = entry.tier - 1
-            if not self.policies[upper].admit(blob_id, entry.blob.stored_size):
-                # Promotion is an admission: a full static tier, or MIN knowing that every
-                # resident is needed sooner, keeps the key where it is (no copying churn).
+            if not self.policies[entry.tier - 1].admit(blob_id, entry.blob.stored_size):
                 return False
-            try:
-                with self.index.write() as w:
-                    moved = self._copy_into(w, entry, upper)
-            except Exception as exc:
-                if not disk_full(exc):
-                    raise
-                self._index_full(exc)
-                return False
-            self._delete_blobs(self._take_pending())
-            if moved is None:
-                return False
-            self.policies[entry.tier].remove(blob_id)
-            self._delete_blobs([(entry.tier, entry)])
-            self.counters.add("promotions", tier=entry.tier)
-            return True
+        self._mover.promote(entry)
+        return True
 
     # -- hints ------------------------------------------------------------------------------------
-    def hint(self, origin: Origin, paths: Sequence[str]) -> None:
-        """The consumer's upcoming reads, in order: prefetch them and tell the policies."""
-        keys = [origin.key(p) for p in paths]
-        blob_ids = [blob_id_for(k) for k in keys]
+    def hint(self, origin: Origin, paths: Sequence[str], stream: StreamId | None = None) -> None:
+        """One reader's upcoming reads, in order: merged into the node's plan, which drives
+        prefetch and the clairvoyant policies. ``stream`` says whose they are (process id
+        and label; default: this process): a new hint replaces that stream's plan only."""
+        reads = planned_reads(origin, list(paths))
+        self._follow(self._plan.update(stream or (os.getpid(), ""), reads))
+
+    def _follow(self, merged: list[PlannedRead]) -> None:
+        """Point the policies and the prefetcher at the node's (new) merged plan."""
+        blob_ids = [r.blob_id for r in merged]
         with self._lock:
             for policy in self.policies:
                 policy.hint(blob_ids)
-        self._prefetch.plan(origin, list(paths), keys)
+        self._prefetch.plan(merged)
+
+    def _consumed(self, blob_id: str) -> None:
+        """A read of ``blob_id`` happened on the node: the plan and prefetch move on."""
+        self._plan.consumed(blob_id)
+        self._prefetch.consumed(blob_id)
 
     # -- background -------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        last_flush = last_fold = time.monotonic()
+        last_flush = last_fold = last_streams = last_purge = time.monotonic()
+        verified_ttl = max(t.verify_ttl_seconds for t in self.config.tiers)
         while not self._stop.wait(0.2):
             try:
                 while self._promote_queue:
                     self.promote(self._promote_queue.popleft())
                 now = time.monotonic()
+                if now - last_streams > 2:
+                    for tier, store in enumerate(self.stores):
+                        if store.wiped():
+                            self._recover_wiped(tier)
+                    merged = self._plan.drop(pid_alive)  # readers that died stop counting
+                    if merged is not None:
+                        self._follow(merged)
+                    last_streams = now
                 if now - last_flush > 5:
                     self._flush_touched()
                     last_flush = now
                 if now - last_fold > 30:
                     self.counters.fold_dead()
                     last_fold = now
+                if verified_ttl and now - last_purge > verified_ttl:
+                    self.verified.purge(verified_ttl)
+                    last_purge = now
             except Exception:  # the housekeeper must outlive any one bad entry
                 log.exception("engine housekeeping failed; continuing")
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until the queued moves between tiers are done: then the index, the policies
+        and the tiers' files agree exactly (tests, benchmarks, ``verify``)."""
+        return self._mover.drain(timeout)
 
     def _housekeeping_once(self) -> None:
         """Everything the housekeeper does, now (tests, shutdown)."""
         while self._promote_queue:
             self.promote(self._promote_queue.popleft())
+        self.wait_idle()
         self._flush_touched()
 
     def _flush_touched(self) -> None:
@@ -678,13 +803,20 @@ class Engine:
         deadline = time.monotonic() + 30
         while wait and self._inflight and time.monotonic() < deadline:
             time.sleep(0.01)
+        # Queued moves finish if they can do so quickly; any left are redone by the next
+        # engine's start-up (the entries are still where they were).
+        self._mover.drain(timeout=max(0.0, deadline - time.monotonic()) if wait else 5.0)
+        self._mover.stop()
         self._housekeeper.join(timeout=5)
         with contextlib.suppress(Exception):
             self._flush_touched()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def check(self) -> None:
-        """Policy invariants, and policy state agreeing with the index (tests, verify)."""
+        """Policy invariants, and policy state agreeing with the index (tests, verify):
+        after the queued moves are done, when both must agree exactly."""
+        self.wait_started()
+        self._mover.drain()
         with self._lock:
             totals = self.index.totals()
             for tier, policy in enumerate(self.policies):

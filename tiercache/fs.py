@@ -79,7 +79,9 @@ class TierCacheFileSystem(WriteOps, ChainedFileSystem):
     def origin(self) -> Origin:
         """The origin, re-created in a forked child: async filesystems (s3fs) cannot cross a
         fork, their event loop thread stays behind in the parent."""
-        if self._pid != os.getpid():
+        # Not fsspec's ``_pid``: fsspec resets that class attribute in the child as soon as
+        # any filesystem is made there, so it cannot tell this instance crossed a fork.
+        if self._forks != cache_module.FORKS:
             self.fs = pickle.loads(pickle.dumps(self.fs))
             self._origin = self.cache.origin_for(self.fs)
             self._forks = cache_module.FORKS
@@ -172,10 +174,14 @@ class TierCacheFileSystem(WriteOps, ChainedFileSystem):
     # Writes (open "wb", pipe_file, put_file, rm, mv, touch, sync, transactions): WriteOps.
 
     # -- cache control ----------------------------------------------------------------------------
-    def hint(self, paths: Sequence[str]) -> None:
+    def hint(self, paths: Sequence[str], stream: str = "") -> None:
         """Tell the cache the order of upcoming reads: it prefetches them, and clairvoyant
-        eviction (``belady``) plans with them."""
-        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths])
+        eviction (``belady``) plans with them.
+
+        Every process's hints merge into the node's plan; a new hint replaces only this
+        process's earlier one with the same ``stream`` label (use one label per dataset
+        when a process reads several)."""
+        self.cache.hint(self.origin, [self._strip_protocol(p) for p in paths], stream)
 
     def warm(
         self,

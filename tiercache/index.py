@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 
@@ -53,8 +54,8 @@ class Entry:
     last_access: float = 0.0
     hits: int = 0
     blob_id: str = field(default="", compare=False)
-    #: Wall-clock time the bytes were read from the origin: ``version`` was current then,
-    #: which is as good as a validation at that moment, for every process on the node.
+    #: Wall-clock time ``version`` was last known current: when the bytes were read from
+    #: the origin, or when the engine last validated them, for every process on the node.
     fetched_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -88,6 +89,16 @@ class Entry:
         key = body[:klen].decode("utf-8", "surrogatepass")
         meta = BlobMeta(stored, crc, bool(flags & _COMPRESSED), bool(flags & _SMALL), ino, mtime_ns)
         return cls(key, tier, size, meta, body[klen:].decode(), last, hits, blob_id, fetched)
+
+
+class Placement(NamedTuple):
+    """Where an entry lives, without the rest of it (start-up scans millions of these)."""
+
+    blob_id: str
+    tier: int
+    stored_size: int
+    small: bool
+    last_access: float
 
 
 class Index:
@@ -151,6 +162,34 @@ class Index:
         with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
             for k, v in txn.cursor():
                 yield Entry.unpack(v, bytes(k).decode())
+
+    def placements(self, after: bytes = b"", limit: int = 10_000) -> list[Placement]:
+        """Up to ``limit`` entries' placements in blob id order, from the first id past
+        ``after``; short read transactions (a fork waits for open ones), and no Entry
+        objects, so a million entries are scanned in about a second."""
+        out: list[Placement] = []
+        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(after):
+                return out
+            for raw_key, raw in cursor:
+                key = bytes(raw_key)
+                if key == after:
+                    continue
+                tier, flags, _, stored, *_rest, last, _f, _h, _k = _HEAD.unpack_from(raw)
+                out.append(Placement(key.decode(), tier, stored, bool(flags & _SMALL), last))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def tiers_of(self, blob_ids: list[str]) -> list[int | None]:
+        """Each blob id's tier now (None: no entry), in one read transaction."""
+        out: list[int | None] = []
+        with transaction(), self.env.begin(db=self.entries, buffers=True) as txn:
+            for blob_id in blob_ids:
+                raw = txn.get(blob_id.encode())
+                out.append(None if raw is None else raw[0])
+        return out
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per tier: ``entries`` and ``used_bytes`` (stored bytes), as last committed."""

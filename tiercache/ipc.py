@@ -9,9 +9,13 @@ Requests (``op``):
 * ``fetch``  {path, want_data} + pickled origin
                                     -> {status: "cached" | "data" + the bytes | "error"}
 * ``access`` {records: [[blob_id, tier, size], ...]}   one way, batched
-* ``hint``   {origin, paths}                            one way
+* ``hint``   {paths, stream} + pickled origin           one way
 * ``invalidate`` {key}                -> {status: "ok"}
+* ``validate`` {path} + pickled origin -> {status: "ok", fresh}: one HEAD for the node
 * ``ping``                            -> {status: "ok", pid}
+* ``handover``                        -> {status: "ok"}: an embedded engine steps down
+
+The server adds ``peer_pid`` (the sender's pid, from SO_PEERCRED) to every header.
 """
 
 from __future__ import annotations
@@ -99,12 +103,14 @@ class EngineServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        peer_pid = _peer_pid(conn)
         with conn:
             while True:
                 try:
                     header, payload = recv(conn)
                 except (EngineUnavailable, OSError, ValueError):
                     return
+                header["peer_pid"] = peer_pid
                 oneway = bool(header.get("oneway"))
                 with self._idle:
                     draining = self._draining
@@ -165,6 +171,19 @@ class EngineServer:
         if self._stop_listening():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The connected process's pid as the kernel reports it to this process (0: unknown,
+    e.g. a client in another pid namespace)."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    except OSError:
+        return 0
+    return int(_CREDS.unpack(creds)[0])
+
+
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class EngineLink:

@@ -239,6 +239,12 @@ def families(
         [([], stats["checksum_failures"])],
     )
     counter(
+        "tiercache_read_verifications",
+        "Disk-tier blobs hashed on the read path (once per blob and verify_ttl_seconds).",
+        [],
+        [([], stats["read_verifications"])],
+    )
+    counter(
         "tiercache_stale_refetches",
         "Cached objects found changed at the origin.",
         [],

@@ -7,8 +7,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .index import blob_id_for
-from .origin import Origin
+from .plan import PlannedRead
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -32,12 +31,12 @@ class Prefetcher:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Origin, str, str]] = deque()
+        self._queue: deque[PlannedRead] = deque()
+        self._planned: set[str] = set()  # blob ids of the plan in force
         self._ahead: dict[str, int] = {}  # blob id -> bytes, fetched ahead and not yet read
         self._ahead_bytes = 0
         self._running = 0
         self._typical = 0  # bytes of the last object fetched: the guess for those in flight
-        self._generation = 0
         self._stopped = False
         self._thread: threading.Thread | None = None
 
@@ -47,19 +46,22 @@ class Prefetcher:
         admission = engine.config.tiers[engine.admission_tier].capacity
         return min(engine.config.prefetch.depth_bytes, max(1, admission // 2))
 
-    def plan(self, origin: Origin, paths: list[str], keys: list[str]) -> None:
+    def plan(self, reads: list[PlannedRead]) -> None:
+        """Fetch along ``reads`` (the node's merged plan) from now on.
+
+        Objects fetched ahead that the new plan still lists stay counted as ahead; the
+        others are counted as wasted."""
         with self._cond:
-            self._generation += 1
-            wasted = len(self._ahead)
-            if wasted:
-                self.engine.counters.add("prefetch_wasted", wasted)
-            self._ahead.clear()
-            self._ahead_bytes = 0
-            self._queue = deque(zip([origin] * len(paths), paths, keys, strict=True))
-            if not self._typical and paths:
+            planned = {r.blob_id for r in reads}
+            for blob_id in [b for b in self._ahead if b not in planned]:
+                self._ahead_bytes -= self._ahead.pop(blob_id)
+                self.engine.counters.add("prefetch_wasted")
+            self._planned = planned
+            self._queue = deque(reads)
+            if not self._typical and reads:
                 # A listing in hand (the dataset listed its shards) sizes the fetches in
                 # flight, so the first window starts at once instead of one object first.
-                self._typical = origin.listed_size(paths[0]) or 0
+                self._typical = reads[0].origin.listed_size(reads[0].path) or 0
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="tiercache-prefetch", daemon=True
@@ -85,16 +87,15 @@ class Prefetcher:
                     self._cond.wait(0.5)
                 if self._stopped:
                     return
-                origin, path, key = self._queue.popleft()
-                generation = self._generation
+                read = self._queue.popleft()
                 if (
-                    blob_id_for(key) in self._ahead
-                    or key in self.engine._unstored
-                    or self.engine.index.get(key) is not None
+                    read.blob_id in self._ahead
+                    or read.key in self.engine._unstored
+                    or self.engine.index.get(read.key) is not None
                 ):
                     continue
                 self._running += 1
-            self.engine.submit(self._fetch_one, origin, path, key, generation)
+            self.engine.submit(self._fetch_one, read)
 
     def _committed(self) -> int:
         """Bytes ahead of the reader: fetched and unread, plus the fetches in flight."""
@@ -104,21 +105,21 @@ class Prefetcher:
         in_flight = self._typical or self.budget
         return self._ahead_bytes + self._running * in_flight
 
-    def _fetch_one(self, origin: Origin, path: str, key: str, generation: int) -> None:
+    def _fetch_one(self, read: PlannedRead) -> None:
         size = 0
         try:
             self.engine.counters.add("prefetch_issued")
-            result = self.engine.fetch(origin, path, prefetch=True)
+            result = self.engine.fetch(read.origin, read.path, prefetch=True)
             size = len(result.data)  # in a tier, or held for the reader (``Unstored``)
         except Exception as exc:  # a failed prefetch is only a lost optimisation
-            log.debug("prefetch of %s failed: %s", path, exc)
+            log.debug("prefetch of %s failed: %s", read.path, exc)
         finally:
             with self._cond:
                 self._running -= 1
                 if size:
                     self._typical = size
-                if size and generation == self._generation:
-                    self._ahead[blob_id_for(key)] = size
+                if size and read.blob_id in self._planned and read.blob_id not in self._ahead:
+                    self._ahead[read.blob_id] = size
                     self._ahead_bytes += size
                 self._cond.notify_all()
 

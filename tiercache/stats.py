@@ -96,6 +96,7 @@ def report(
         "not_admitted": g("not_admitted"),
         "singleflight_waits": g("singleflight_waits"),
         "checksum_failures": g("checksum_failures"),
+        "read_verifications": g("read_verifications"),
         "stale_refetches": g("stale_refetches"),
         "data_wait_seconds": g("data_wait_ns") / 1e9,
         "uploads": {

@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.conftest import S3, make_config, put_objects
+from tiercache import TierCacheFileSystem
 from tiercache.forksafe import transaction
 
 
@@ -91,3 +93,29 @@ def test_a_fork_waits_out_a_write_that_nests_another_transaction(tmp_path: Path)
         os.waitpid(pid, 0)
         raise AssertionError("the child hung closing the environment it inherited")
     env.close()
+
+
+def test_a_filesystem_made_before_a_fork_gets_its_own_origin_in_the_child(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """s3fs's event loop stays behind in the parent: the child must not use the parent's
+    origin filesystem, even after the child made filesystems of its own (which resets
+    fsspec's class-level pid, the check this used to rely on)."""
+    import fsspec
+
+    put_objects(s3_server, bucket, {"f/a": b"a" * 100, "f/b": b"b" * 100})
+    fs = TierCacheFileSystem(
+        config=make_config(cache_dirs), target_protocol="s3", target_options=s3_server.options
+    )
+    assert fs.cat_file(f"{bucket}/f/a") == b"a" * 100
+    parent_origin = fs.origin.fs
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            fsspec.filesystem("memory")  # any filesystem made in the child resets fsspec's pid
+            ok = fs.origin.fs is not parent_origin and fs.cat_file(f"{bucket}/f/b") == b"b" * 100
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert fs.origin.fs is parent_origin

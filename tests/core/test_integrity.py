@@ -3,6 +3,7 @@ origin still serves what is cached."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import zlib
@@ -120,32 +121,38 @@ def test_changed_origin_object_is_refetched(
     assert fs.stats()["stale_refetches"] == 1
 
 
-def test_ttl_validation_lists_once_per_prefix(
+def test_ttl_validation_is_one_head_per_object_for_the_whole_node(
     cache_dirs: dict[str, Path], s3_server: S3, bucket: str
 ) -> None:
+    """Past the TTL an entry is validated once for the node (by the engine, one HEAD), not
+    once per process, and never by listing its whole prefix."""
+    import multiprocessing as mp
+
     objs = {f"d/{i}": os.urandom(100) for i in range(20)}
     put_objects(s3_server, bucket, objs)
     ttl = 2.0
-    warm = fs_for(cache_dirs, s3_server, validation={"mode": "ttl", "ttl_seconds": ttl})
+    config = make_config(cache_dirs, validation={"mode": "ttl", "ttl_seconds": ttl})
+    warm = TierCacheFileSystem(
+        config=config, target_protocol="s3", target_options=s3_server.options
+    )
     warm.cat(f"{bucket}/d/*")
+    paths = [f"{bucket}/{k}" for k in objs]
 
-    def forget_and_read_all() -> list[dict[str, Any]]:
-        # A fresh process-level view: nothing validated in this process, no listings.
-        warm.cache._validated.clear()
-        warm.origin.forget_listings()
+    def read_all_in_a_new_process() -> list[dict[str, Any]]:
         s3_server.start_counting()
-        for key, body in objs.items():
-            assert warm.cat_file(f"{bucket}/{key}") == body
+        with mp.get_context("fork").Pool(1) as pool:
+            digests = pool.map(_sha_of_read, [(config, s3_server.options, p) for p in paths])
+        assert digests == [hashlib.sha256(objs[p.split("/", 1)[1]]).hexdigest() for p in paths]
         return s3_server.requests()
 
     # Within the TTL of their fetch, entries need no check from any process.
-    assert forget_and_read_all() == []
-    # Past it, one listing of the prefix validates them all; no HEAD per object.
+    assert read_all_in_a_new_process() == []
+    # Past it, one HEAD per object, asked by the engine; no listing.
     time.sleep(ttl + 0.1)
-    reqs = forget_and_read_all()
-    listings = [r for r in reqs if "list-type" in r["url"] or "prefix=" in r["url"]]
-    assert len(listings) == 1
-    assert [r for r in reqs if r not in listings] == []
+    reqs = read_all_in_a_new_process()
+    assert sorted(r["method"] for r in reqs) == ["HEAD"] * len(objs)
+    # ...and the next process trusts that validation for the TTL.
+    assert read_all_in_a_new_process() == []
 
 
 def test_dead_origin_still_serves_what_is_cached(cache_dirs: dict[str, Path]) -> None:
@@ -210,3 +217,40 @@ def test_index_of_an_older_layout_starts_afresh(
     # The old blobs were swept as orphans: the files on disk are the new entries only.
     blobs = [p for p in (cache_dirs["ram"] / "blobs").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in blobs) == fs.stats()["tiers"]["ram"]["used_bytes"]
+
+
+def test_a_disk_blob_verified_by_one_process_is_not_hashed_again_by_the_others(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str
+) -> None:
+    """N DataLoader workers reading one SSD-tier shard hash it once per node, not N times;
+    a file that changed is hashed again whoever verified it before."""
+    import multiprocessing as mp
+
+    put_objects(s3_server, bucket, {"v/shard": os.urandom(2 << 20)})
+    config = make_config(cache_dirs, ram="1MiB")  # too small: the shard lands on the SSD tier
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=s3_server.options)
+    path = f"{bucket}/v/shard"
+    body = fs.cat_file(path)  # the miss: stored on the SSD tier, hashed as it was fetched
+    assert fs.cache.index.get(fs.origin.key(path)).tier == 1
+    assert fs.cat_file(path) == body  # first hit on the node: hashed, and recorded
+    assert fs.stats()["read_verifications"] == 1
+    with mp.get_context("fork").Pool(3) as pool:  # three "workers", one open each
+        digests = pool.map(_sha_of_read, [(config, s3_server.options, path)] * 3)
+    assert digests == [hashlib.sha256(body).hexdigest()] * 3
+    assert fs.stats()["read_verifications"] == 1
+
+    # Damage the file: its identity changes, so a process that has not mapped it yet hashes
+    # it whatever the record says, finds the damage and refetches.
+    entry = fs.cache.index.get(fs.origin.key(path))
+    with open(fs.cache.stores[1].blob_path(entry.blob_id), "r+b") as f:
+        f.seek(1000)
+        f.write(bytes([body[1000] ^ 0xFF]))
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.map(_sha_of_read, [(config, s3_server.options, path)]) == digests[:1]
+    assert fs.stats()["checksum_failures"] == 1
+
+
+def _sha_of_read(args: tuple[dict[str, Any], dict[str, Any], str]) -> str:
+    config, options, path = args
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
+    return hashlib.sha256(fs.cat_file(path)).hexdigest()

@@ -32,6 +32,7 @@ def test_capacity_is_held_and_evictions_demote(
     fs = fs_for(cache_dirs, s3_server, ram=3 * MiB, ssd=5 * MiB)
     for key, body in objs.items():
         assert fs.cat_file(f"{bucket}/{key}") == body
+    fs.cache.engine.wait_idle()  # demotions are copied in the background
     stats = fs.stats()
     ram, ssd = stats["tiers"]["ram"], stats["tiers"]["ssd"]
     assert ram["used_bytes"] <= 3 * MiB and ram["entries"] == 3
@@ -56,6 +57,7 @@ def test_promotion_after_configured_hits(
     fs = fs_for(cache_dirs, s3_server, ram=2 * MiB, ssd=8 * MiB, promotion={"hits": 2})
     for key in objs:
         fs.cat_file(f"{bucket}/{key}")
+    fs.cache.engine.wait_idle()
     key = f"s3://{bucket}/p0"
     assert fs.cache.index.get(key).tier == 1
     assert fs.cat_file(f"{bucket}/p0") == objs["p0"]  # hit 1 in SSD: stays
@@ -84,6 +86,7 @@ def test_lz4_tier_round_trip(cache_dirs: dict[str, Path], s3_server: S3, bucket:
     )
     fs.cat_file(f"{bucket}/tokens.bin")
     fs.cat_file(f"{bucket}/noise.bin")  # pushes tokens.bin out of RAM into the lz4 tier
+    fs.cache.engine.wait_idle()
     entry = fs.cache.index.get(f"s3://{bucket}/tokens.bin")
     assert entry.tier == 1 and entry.blob.compressed
     assert entry.blob.stored_size < len(tokens) / 1.3

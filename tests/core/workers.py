@@ -52,11 +52,26 @@ def engine_until_told(config: dict[str, Any], options: dict[str, Any]) -> None:
     sys.exit(0)  # atexit hands the engine over
 
 
+def hint_and_wait(
+    config: dict[str, Any], options: dict[str, Any], paths: list[str], stream: str = ""
+) -> None:
+    """Hint ``paths`` (without reading them), say so, then wait until told (a line on
+    stdin) or killed: a rank whose sampler has planned its epoch."""
+    from tiercache import TierCacheFileSystem
+
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
+    fs.hint(paths, stream=stream)
+    print("hinted", flush=True)
+    sys.stdin.readline()
+
+
 if __name__ == "__main__":
     import json
 
     args = json.loads(sys.argv[1])
     if args.get("mode") == "engine":
         engine_until_told(args["config"], args["options"])
+    elif args.get("mode") == "hint":
+        hint_and_wait(args["config"], args["options"], args["paths"], args.get("stream", ""))
     else:
         fill_forever(args["config"], args["options"], args["paths"])

@@ -36,6 +36,7 @@ class Expected:
         self.origin_bytes = 0
 
     def read(self, fs: Any, bucket: str, key: str, body: bytes, how: str) -> None:
+        fs.cache.engine.wait_idle()  # moves between tiers settle before we look
         tier = tier_of(fs, bucket, key)
         path = f"{bucket}/{key}"
         if how == "open":
@@ -77,6 +78,7 @@ def test_hits_misses_bytes_evictions_demotions(
     exp = Expected(2)
     for key in ["o0", "o1", "o2", "o3", "o4", "o5"]:
         exp.read(fs, bucket, key, objects[key], "cat")
+    fs.cache.engine.wait_idle()
     stats = fs.stats()
     # LRU: o0..o2 were pushed down to SSD, which had room for two, so o0 left for good.
     assert stats["tiers"]["ram"]["demotions"] == 3
@@ -140,6 +142,7 @@ def test_promotion_is_counted_from_and_to(
     fs = fs_for(cache_dirs, s3_server, ram=2 * SIZE + 1000, ssd=8 * SIZE, promotion={"hits": 2})
     for key in ("o0", "o1", "o2"):
         fs.cat_file(f"{bucket}/{key}")
+    fs.cache.engine.wait_idle()
     assert tier_of(fs, bucket, "o0") == 1
     fs.cat_file(f"{bucket}/o0")
     fs.cat_file(f"{bucket}/o0")  # the second SSD hit earns a promotion

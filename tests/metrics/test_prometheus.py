@@ -124,6 +124,7 @@ def test_prometheus_sees_the_workloads_hits_and_misses(
     # Phase 1: 5 misses, then x0, x1 hit on SSD and x2..x4 in RAM.
     for i in range(5):
         fs.cat_file(f"{bucket}/d/x{i}")
+    fs.cache.engine.wait_idle()  # x0, x1 have moved down to SSD
     assert [tier_of(fs, bucket, f"d/x{i}") for i in range(5)] == [1, 1, 0, 0, 0]
     for i in range(5):
         fs.cat_file(f"{bucket}/d/x{i}")

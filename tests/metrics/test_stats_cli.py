@@ -34,8 +34,10 @@ def workload(cache_dirs: dict[str, Path], s3: S3, bucket: str) -> Any:
     fs = fs_for(cache_dirs, s3, ram=3 * SIZE + 100, promotion={"hits": 1000})
     for key in objs:
         fs.cat_file(f"{bucket}/{key}")
+    fs.cache.engine.wait_idle()  # x0, x1 have moved down to SSD
     for key in objs:
         fs.cat_file(f"{bucket}/{key}")
+    fs.cache.engine.wait_idle()
     return fs
 
 

@@ -32,6 +32,7 @@ import lz4.frame
 
 from ..config import TierConfig
 from ..forksafe import transaction
+from ..localfs import mount_of
 from ..security import ensure_private_dir
 
 _TMP_PREFIX = ".tmp-"
@@ -80,8 +81,7 @@ class TierStore:
         self.root = config.path
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
-        for d in (self.root, self.blob_dir, self.tmp_dir):
-            ensure_private_dir(d)
+        self._make_dirs()
         self.compress = config.compression == "lz4"
         self._small: lmdb.Environment | None = None
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()
@@ -90,7 +90,26 @@ class TierStore:
         self._swept_at = 0.0
         # Shared memory cannot rot and fsync on it is a no-op; on a disk the rename must
         # not reach the platter before the bytes do.
-        self._durable = not str(self.root).startswith("/dev/shm")
+        self._durable = not mount_of(self.root).is_memory
+
+    def _make_dirs(self) -> None:
+        for d in (self.root, self.blob_dir, self.tmp_dir):
+            ensure_private_dir(d)
+        self._root_ino = os.stat(self.root).st_ino
+
+    def wiped(self) -> bool:
+        """Whether the tier's directory was deleted or replaced since this store made it
+        (a job epilogue that empties /dev/shm)."""
+        try:
+            return os.stat(self.root).st_ino != self._root_ino or not self.tmp_dir.is_dir()
+        except FileNotFoundError:
+            return True
+
+    def reopen(self) -> None:
+        """After a wipe: make the directories again and open a fresh small-object store
+        (the old one is an unlinked file only this process still sees)."""
+        self.close()
+        self._make_dirs()
 
     # -- paths --------------------------------------------------------------------------------
     def blob_path(self, blob_id: str) -> Path:
@@ -147,7 +166,11 @@ class TierStore:
             meta = BlobMeta(len(stored), checksum, compressed, small=True)
             return Staged(blob_id, meta, stored=stored)
         tmp = self.tmp_dir / f"{_TMP_PREFIX}{blob_id}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:  # the tier's directory was wiped: make it again
+            self._make_dirs()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(stored)
             while view:
@@ -198,7 +221,11 @@ class TierStore:
                 ) from exc
             return staged.meta
         final = self.blob_path(staged.blob_id)
-        final.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+        except FileNotFoundError:  # wiped since the blob was staged: its file went too
+            self._make_dirs()
+            raise
         os.replace(staged.tmp, final)
         return staged.meta
 
@@ -221,24 +248,28 @@ class TierStore:
         return self._decode(data, meta) if meta.compressed else data
 
     @contextlib.contextmanager
-    def borrowed(self, blob_id: str, meta: BlobMeta) -> Iterator[bytes | memoryview]:
+    def borrowed(
+        self, blob_id: str, meta: BlobMeta, *, verify: bool = True
+    ) -> Iterator[bytes | memoryview]:
         """The blob's verified logical bytes for the length of a ``with`` block.
 
         A file blob is mapped rather than read: moving it to another tier then copies it
         once, straight out of this tier's pages, instead of first into a fresh buffer
-        (fresh memory is the slow part of a copy on many machines).
+        (fresh memory is the slow part of a copy on many machines). ``verify=False`` (a
+        memory tier) hashes it only if the file's identity is not the one recorded.
         """
         if meta.small or meta.compressed:
             yield self.get(blob_id, meta)
             return
-        fd, _ = self._open_sized(blob_id, meta)
+        fd, st = self._open_sized(blob_id, meta)
         try:
             mm = mmap.mmap(fd, meta.stored_size, prot=mmap.PROT_READ) if meta.stored_size else None
         finally:
             os.close(fd)
         view = memoryview(mm) if mm is not None else memoryview(b"")
         try:
-            self._check(blob_id, view, meta)
+            if verify or self._changed(st, meta):
+                self._check(blob_id, view, meta)
             yield view
         finally:
             view.release()
@@ -358,9 +389,31 @@ class TierStore:
                     found[entry.name] = entry.stat(follow_symlinks=False).st_size
         return found
 
-    def small_ids(self) -> set[str]:
+    def small_ids(self, prefix: str = "") -> set[str]:
+        """Ids of the small blobs stored (those starting with ``prefix``)."""
+        start = prefix.encode()
+        found = set()
         with transaction(), self.small.begin() as txn:
-            return {bytes(k).decode() for k, _ in txn.cursor()}
+            cursor = txn.cursor()
+            if cursor.set_range(start):
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(start):
+                        break
+                    found.add(bytes(key).decode())
+        return found
+
+    def blob_names(self, prefix: str) -> set[str]:
+        """Ids of the file blobs present whose id starts with the two-digit ``prefix``."""
+        try:
+            return {e.name for e in os.scandir(self.blob_dir / prefix) if len(e.name) >= 3}
+        except FileNotFoundError:
+            return set()
+
+    def has_blob(self, blob_id: str, small: bool) -> bool:
+        if small:
+            with transaction(), self.small.begin() as txn:
+                return txn.get(blob_id.encode()) is not None
+        return self.blob_path(blob_id).exists()
 
     def sweep_temporaries(self) -> int:
         """Remove half-written files a killed writer left behind; returns how many."""

@@ -144,11 +144,14 @@ class Source:
 
     # -- cache control ----------------------------------------------------------------------------
     def hint(self, paths: Sequence[str]) -> None:
-        """Tell the cache the upcoming read order; a no-op when reading the origin directly."""
+        """Tell the cache the upcoming read order; a no-op when reading the origin directly.
+
+        The dataset's URL names the plan, so a process's training and validation datasets
+        each keep theirs in the node's merged plan."""
         fs = self.fs
         hint = getattr(fs, "hint", None)
         if hint is not None and paths:
-            hint(list(paths))
+            hint(list(paths), stream=self.url)
 
     def stats(self) -> dict[str, Any]:
         """The node cache's statistics (empty when reading the origin directly)."""
