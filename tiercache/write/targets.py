@@ -77,16 +77,24 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+#: S3 error codes that say the parts the origin holds cannot make this object (a part
+#: damaged or lost on the way): the upload starts afresh.
+RESTART_CODES = {"InvalidPart", "InvalidPartOrder", "EntityTooSmall"}
+
+
 def classify(exc: BaseException) -> str:
-    """``"gone"`` (the multipart upload vanished: start a new one), ``"permanent"`` (keep the
-    staged copy, report it, retry rarely) or ``"transient"`` (retry with backoff)."""
+    """``"gone"`` (the multipart upload vanished: start a new one), ``"restart"`` (its parts
+    are unusable: start a new one after a pause), ``"permanent"`` (keep the staged copy,
+    report it, retry rarely) or ``"transient"`` (retry with backoff)."""
     code = error_code(exc)
     if code == "NoSuchUpload" or isinstance(exc, UploadGone):
         return "gone"
+    if code in RESTART_CODES:
+        return "restart"
     if code in PERMANENT_CODES:
         return "permanent"
     if isinstance(exc, VerifyError):
-        return "transient"
+        return "restart"
     if isinstance(
         exc, (PermissionError, IsADirectoryError, NotADirectoryError, NotImplementedError)
     ):

@@ -261,7 +261,7 @@ class Uploader:
         now = time.monotonic()
         with self._lock:
             attempts = self._attempts[op.seq] = self._attempts.get(op.seq, 0) + 1
-        if kind == "gone" or isinstance(exc, VerifyError):
+        if kind in ("gone", "restart"):
             # Start that upload afresh: the origin lost it, or holds something else.
             log.warning("%s: %s; starting its upload again", what, message)
             self._forget_upload(op)
