@@ -21,8 +21,11 @@ def _tc(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def capped_origin(port: int, rate_mbit: float) -> Iterator[None]:
-    """Cap what the server on ``port`` sends to ``rate_mbit``, for the ``with`` body."""
+def capped_origin(port: int, rate_mbit: float, *, uploads: bool = False) -> Iterator[None]:
+    """Cap what the server on ``port`` sends to ``rate_mbit``, for the ``with`` body.
+
+    ``uploads``: cap what is sent *to* it as well, at the same rate in a class of its own
+    (a link is full duplex: reads and writes do not share one budget)."""
     if shutil.which("tc") is None:
         raise SystemExit("--origin-mbit needs the tc command (Debian: apt-get install iproute2)")
     try:
@@ -39,6 +42,11 @@ def capped_origin(port: int, rate_mbit: float) -> Iterator[None]:
             "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k")  # fmt: skip
         _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
             "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20")  # fmt: skip
+        if uploads:
+            _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:21", "htb",
+                "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k")  # fmt: skip
+            _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "2",
+                "u32", "match", "ip", "dport", str(port), "0xffff", "flowid", "1:21")  # fmt: skip
         yield
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):

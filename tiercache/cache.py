@@ -467,6 +467,17 @@ class Cache:
             if engine.uploader is not None:
                 engine.uploader.wake()
             return None
+        if op == "upload_early":  # a writer has more whole parts of a file still open
+            if engine.uploader is not None:
+                engine.uploader.early(
+                    header["token"], header["key"], header["path"], header["origin"],
+                    header["written"],
+                )  # fmt: skip
+            return None
+        if op == "upload_abandon":
+            if engine.uploader is not None:
+                engine.uploader.abandon(header["token"])
+            return None
         if op == "uploads_retry":
             retried = engine.uploader.retry_failed() if engine.uploader is not None else 0
             return {"status": "ok", "retried": retried}, b""

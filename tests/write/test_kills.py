@@ -86,6 +86,34 @@ def test_writer_killed_right_after_close_loses_nothing(
     _assert_at_origin(s3_server, bucket, acked)
 
 
+def test_writer_killed_mid_write_leaves_nothing_at_the_origin(
+    cache_dirs: dict[str, Path],
+    proxy: FaultProxy,
+    s3_server: S3,
+    bucket: str,
+    workers: Any,
+) -> None:
+    """Its whole parts were on their way before it died: the next engine aborts that
+    upload, and the half-written file is never uploaded nor kept."""
+    config = write_config(cache_dirs)
+    spec = {"config": config, "endpoint": proxy.endpoint, "path": f"{bucket}/half.bin"}
+    writer = workers("write_and_hang", {**spec, "size": 3 * PART + 100})
+    writer.wait_for("written")
+    assert wait_until(lambda: upload_parts(proxy, "half.bin") >= 2, 60)
+    writer.kill()
+    fs = cache_over(config, proxy.endpoint)  # the next engine (its start-up reaps)
+    fs.cache.engine_call("uploads")
+
+    def none_left() -> bool:
+        return not s3_server.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    assert wait_until(none_left, 60)
+    assert keys(s3_server, bucket) == []
+    write_dir = Path(fs.cache.config.write.path)
+    assert wait_until(lambda: not list((write_dir / "open").iterdir()), 30)
+    assert fs.uploads() == []
+
+
 def test_engine_killed_mid_upload_sends_only_the_missing_parts(
     cache_dirs: dict[str, Path],
     proxy: FaultProxy,

@@ -16,7 +16,15 @@ import pytest
 
 from tests.conftest import S3
 from tests.reliability.faultproxy import Fault, FaultProxy, wait_until
-from tests.write.conftest import PART, MiB, cache_over, keys, object_bytes, write_config
+from tests.write.conftest import (
+    PART,
+    MiB,
+    cache_over,
+    keys,
+    object_bytes,
+    upload_parts,
+    write_config,
+)
 
 
 def test_a_closed_file_is_read_and_listed_here_before_the_origin_has_it(
@@ -330,3 +338,50 @@ def test_uploads_command_lists_waits_and_retries(
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["pending"] == []
     assert object_bytes(s3_server, bucket, "cli/denied") == b"d" * 100
+
+
+def test_parts_of_a_file_still_being_written_are_sent_before_close(
+    wfs: Any, proxy: FaultProxy, s3_server: S3, bucket: str
+) -> None:
+    data = os.urandom(4 * PART + 77)
+    f = wfs.open(f"{bucket}/early.bin", "wb")
+    f.write(data[: 3 * PART + 10])
+    # Parts 1-3 are whole: they travel while the file is still open.
+    assert wait_until(lambda: upload_parts(proxy, "early.bin") >= 3, 60)
+    assert keys(s3_server, bucket) == []  # nothing visible before close
+    f.write(data[3 * PART + 10 :])
+    f.close()
+    assert wfs.sync(timeout=60) == []
+    assert object_bytes(s3_server, bucket, "early.bin") == data
+    assert upload_parts(proxy, "early.bin") == 5  # each part once
+
+
+def test_a_file_rewritten_after_its_parts_were_sent_is_uploaded_as_it_ends(
+    wfs: Any, proxy: FaultProxy, s3_server: S3, bucket: str
+) -> None:
+    first = os.urandom(3 * PART)
+    with wfs.open(f"{bucket}/rewritten.bin", "wb") as f:
+        f.write(first)
+        assert wait_until(lambda: upload_parts(proxy, "rewritten.bin") >= 2, 60)
+        f.seek(100)
+        f.write(b"REWRITTEN")  # a part already sent no longer holds these bytes
+    expected = first[:100] + b"REWRITTEN" + first[109:]
+    assert wfs.sync(timeout=60) == []
+    assert object_bytes(s3_server, bucket, "rewritten.bin") == expected
+    uploads = s3_server.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == []  # the first upload was aborted, not left behind
+
+
+def test_a_discarded_file_leaves_no_upload_behind(
+    wfs: Any, proxy: FaultProxy, s3_server: S3, bucket: str
+) -> None:
+    with pytest.raises(RuntimeError), wfs.open(f"{bucket}/dropped.bin", "wb") as f:
+        f.write(os.urandom(3 * PART))
+        assert wait_until(lambda: upload_parts(proxy, "dropped.bin") >= 2, 60)
+        raise RuntimeError("the save failed")
+
+    def none_left() -> bool:
+        return not s3_server.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    assert wait_until(none_left, 30)
+    assert keys(s3_server, bucket) == []

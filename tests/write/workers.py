@@ -65,6 +65,17 @@ def write(spec: dict[str, Any]) -> None:
             time.sleep(1)
 
 
+def write_and_hang(spec: dict[str, Any]) -> None:
+    """Write ``spec["size"]`` bytes of a file and keep it open (to be killed mid-write)."""
+    fs = _fs(spec)
+    f = fs.open(spec["path"], "wb")
+    f.write(random.Random(1).randbytes(spec["size"]))
+    _say(event="written")
+    while True:
+        time.sleep(1)
+    f.close()  # never reached
+
+
 def churn(spec: dict[str, Any]) -> None:
     """Write files of random sizes under unique names until killed (the SIGKILL soak)."""
     fs = _fs(spec)
@@ -98,4 +109,10 @@ def dcp_save(spec: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     command, argument = sys.argv[1], json.loads(sys.argv[2])
-    {"engine": engine, "write": write, "churn": churn, "dcp_save": dcp_save}[command](argument)
+    {
+        "engine": engine,
+        "write": write,
+        "write_and_hang": write_and_hang,
+        "churn": churn,
+        "dcp_save": dcp_save,
+    }[command](argument)

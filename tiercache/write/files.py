@@ -40,6 +40,8 @@ class Committer(Protocol):
 
     def written(self, f: StagedFile) -> None: ...
 
+    def rewritten(self, f: StagedFile) -> None: ...
+
 
 class StagedFile(io.RawIOBase):
     """A write-only, seekable file over one staging file (see the module docstring)."""
@@ -66,8 +68,11 @@ class StagedFile(io.RawIOBase):
         self._pos = 0
         self.size = 0
         self._crc = 0
-        #: Every byte so far was appended in order: the running CRC32 is the file's.
+        #: Every byte so far was appended in order: the running CRC32 is the file's, and the
+        #: parts handed to the uploader while it is written stay valid.
         self.sequential = True
+        #: Whole parts handed to the uploader before close (see ``fsops.FileCommitter``).
+        self.early_parts = 0
         self._reserved = 0
         #: "open" -> "staged" (closed in a transaction) -> "committed" | "discarded"
         self.state = "open"
@@ -114,8 +119,9 @@ class StagedFile(io.RawIOBase):
             self._reserved = max(end, self.size) + self._committer_step()
         if self.sequential and self._pos == self.size:
             self._crc = zlib.crc32(view, self._crc)
-        else:
+        elif self.sequential:
             self.sequential = False
+            self._committer.rewritten(self)
         written = 0
         while written < n:
             written += os.pwrite(self._fd, view[written:], self._pos + written)
@@ -131,8 +137,9 @@ class StagedFile(io.RawIOBase):
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
         os.ftruncate(self._fd, size)
-        if size != self.size:
+        if size != self.size and self.sequential:
             self.sequential = False  # the running CRC32 no longer covers the contents
+            self._committer.rewritten(self)
         self.size = size
         return size
 
@@ -169,7 +176,9 @@ class StagedFile(io.RawIOBase):
         if not self.sequential or actual != self.size:
             self.size = actual
             self._crc = _crc_of(self._fd, actual)
-            self.sequential = False
+            if self.sequential:
+                self.sequential = False
+                self._committer.rewritten(self)
         self.state = "staged"
 
     @property

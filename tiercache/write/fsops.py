@@ -89,11 +89,36 @@ class FileCommitter:
         self.fs._staging.reserve(need, f.size, self.fs._kick)
 
     def written(self, f: StagedFile) -> None:
-        """More of ``f`` was written (a hook for sending parts while a file is written)."""
+        """More of ``f`` was written: each time another whole part is there, the uploader
+        is told, so that a large file's parts travel while it is still being written
+        (one-way; a hint: at close the journal entry says whether they may be kept)."""
+        if not f.sequential:
+            return
+        part = self.fs._staging.config.part_size
+        parts = f.size // part
+        if parts <= f.early_parts:
+            return
+        f.early_parts = parts
+        with contextlib.suppress(Exception):
+            self.fs.cache.engine_call(
+                "upload_early", _oneway=True, token=f.token, key=f.key, path=f.path,
+                origin=self.fs._origin_id(), written=parts * part,
+            )  # fmt: skip
+
+    def rewritten(self, f: StagedFile) -> None:
+        """``f`` is no longer written front to back: parts sent early may be stale."""
+        if f.early_parts:
+            self._abandon_early(f)
+
+    def _abandon_early(self, f: StagedFile) -> None:
+        with contextlib.suppress(Exception):
+            self.fs.cache.engine_call("upload_abandon", _oneway=True, token=f.token)
 
     def discard(self, f: StagedFile) -> None:
         staging = self.fs._staging
         staging.discard_open(f.token)
+        if f.early_parts:
+            self._abandon_early(f)
 
     def commit(self, files: list[StagedFile]) -> None:
         fs = self.fs
@@ -106,6 +131,7 @@ class FileCommitter:
                 for f in files:
                     op = Op(0, PUT, f.key, f.path, origin, token=f.token, size=f.size)
                     op.crc32 = f.crc32
+                    op.early = f.sequential and f.early_parts > 0
                     ops.append(w.append(op))
         except BaseException:
             for f in files:

@@ -396,6 +396,10 @@ class JournalWriter:
         value = max(0, (_SEQ.unpack(raw)[0] if raw else 0) + delta)
         self.txn.put(b"staged_bytes", _SEQ.pack(value), db=self.j.meta)
 
+    def upload(self, token: str) -> dict[str, Any] | None:
+        raw = self.txn.get(token.encode(), db=self.j.uploads)
+        return None if raw is None else json.loads(bytes(raw))
+
     def set_upload(self, token: str, info: dict[str, Any]) -> None:
         self.txn.put(token.encode(), json.dumps(info).encode(), db=self.j.uploads)
 

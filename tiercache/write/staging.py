@@ -104,6 +104,22 @@ class Staging:
         with contextlib.suppress(FileNotFoundError):
             self.open_path(token).unlink()
 
+    def held_by_writer(self, token: str) -> bool:
+        """Whether a live writer still holds this staged file open (see :meth:`create`)."""
+        for path in (self.open_path(token), self.data_path(token)):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+            return False
+        return False
+
     # -- the quota ------------------------------------------------------------------------------
     def open_bytes(self) -> int:
         total = 0

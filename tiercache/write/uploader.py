@@ -73,6 +73,25 @@ class Multipart:
     sending: set[int] = field(default_factory=set)
 
 
+@dataclass
+class Early:
+    """A large file still being written: its whole parts go to the origin already.
+
+    The writer says how much it has written each time another part is complete (a hint,
+    one way); when it closes the file, its journal entry takes this upload over if the file
+    was written front to back (``Op.early``), or has it aborted otherwise."""
+
+    token: str
+    key: str
+    path: str
+    origin: str
+    written: int = 0
+    mp: Multipart | None = None
+    creating: bool = False
+    retry_at: float = 0.0
+    attempts: int = 0
+
+
 class Uploader:
     """Uploads one write tier's journal (see the module docstring)."""
 
@@ -94,6 +113,8 @@ class Uploader:
         self._started: dict[int, float] = {}
         self._reported: set[int] = set()
         self._parts_inflight = 0
+        self._early: dict[str, Early] = {}  # staged file -> its upload while being written
+        self._abandoned: set[str] = set()
         n = self.config.upload_concurrency
         self._steps = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tiercache-upload")
         self._parts = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tiercache-part")
@@ -105,6 +126,24 @@ class Uploader:
     def wake(self) -> None:
         """There may be new work (a writer closed a file, renamed, deleted)."""
         self._wake.set()
+
+    def early(self, token: str, key: str, path: str, origin: str, written: int) -> None:
+        """A writer has ``written`` bytes of a file still open: send its whole parts."""
+        with self._lock:
+            if token in self._abandoned:
+                return
+            job = self._early.get(token)
+            if job is None:
+                job = self._early[token] = Early(token, key, path, origin)
+            job.written = max(job.written, int(written))
+        self.wake()
+
+    def abandon(self, token: str) -> None:
+        """The writer discarded the file, or rewrote what was sent: abort that upload."""
+        with self._lock:
+            self._early.pop(token, None)
+            self._abandoned.add(token)
+        self._steps.submit(self._abort_early, token)
 
     def retry_failed(self) -> int:
         """Try every failed operation again now (``tiercache uploads --retry``)."""
@@ -205,7 +244,32 @@ class Uploader:
             if busy is None and decision.may_publish:
                 work = {PUT: self._put, DELETE: self._delete, COPY: self._copy}[op.kind]
                 self._step(op, "final", work)
+        self._early_cycle({op.token for op in ops if op.token}, now)
         return max(0.01, delay)
+
+    def _early_cycle(self, closed: set[str], now: float) -> None:
+        """Parts of files still being written, with what part budget closed files left."""
+        with self._lock:
+            jobs = [j for j in self._early.values() if j.token not in closed]
+        for job in jobs:
+            if job.retry_at > now or self._stop.is_set():
+                continue
+            with self._lock:
+                if job.mp is None:
+                    if not job.creating:
+                        job.creating = True
+                        self._steps.submit(self._early_create, job)
+                    continue
+                mp = job.mp
+                free = self.config.upload_concurrency - self._parts_inflight
+                ready = job.written // mp.part_size
+                missing = [
+                    n for n in range(1, ready + 1) if n not in mp.done and n not in mp.sending
+                ]
+                for n in missing[: max(0, free)]:
+                    mp.sending.add(n)
+                    self._parts_inflight += 1
+                    self._parts.submit(self._send_part, job, mp, n)
 
     def _multipart(self, op: Op, may_publish: bool, busy: str | None) -> None:
         with self._lock:
@@ -305,7 +369,7 @@ class Uploader:
                 w.drop_upload(op.token)
 
     # -- targets ----------------------------------------------------------------------------------
-    def _target(self, op: Op) -> Target:
+    def _target(self, op: Op | Early) -> Target:
         target = self._targets.get(op.origin)
         if target is None:
             pickled = self.journal.origin_pickle(op.origin)
@@ -329,7 +393,35 @@ class Uploader:
             with self._lock:  # an origin without multipart uploads: one whole put
                 self._mpu[op.seq] = Multipart({"whole": True}, 0, op.size)
             return
+        with self._lock:
+            job = self._early.get(op.token)
+            if job is not None and job.creating:
+                self._retry_at[op.seq] = time.monotonic() + 0.05  # its upload is being made
+                return
+            self._early.pop(op.token, None)
+        if (
+            job is not None
+            and job.mp is not None
+            and op.early
+            and job.mp.upload.get("key") == op.key
+        ):
+            count = math.ceil(op.size / job.mp.part_size)
+            if count <= MAX_PARTS:  # the parts sent while it was written stay
+                job.mp.count = count
+                with self._lock:
+                    self._mpu[op.seq] = job.mp
+                return
         upload = self.journal.upload(op.token)
+        if upload is not None and (
+            (upload.get("early") and not op.early)
+            or math.ceil(op.size / int(upload["part_size"])) > MAX_PARTS
+        ):
+            # Sent while the file was written, then rewritten (or grown past the parts
+            # limit): none of it can be kept.
+            target.abort(op.path, upload["upload_id"])
+            with self.journal.write() as w:
+                w.drop_upload(op.token)
+            upload = None
         remote = {}
         if upload is not None and upload.get("key") == op.key:
             try:
@@ -377,42 +469,129 @@ class Uploader:
         with self._lock:
             self._mpu[op.seq] = mp
 
-    def _send_part(self, op: Op, mp: Multipart, n: int) -> None:
+    def _send_part(self, owner: Op | Early, mp: Multipart, n: int) -> None:
+        """Send part ``n`` of ``owner``'s staged file (closed, or still being written) and
+        journal its ETag and CRC32 once the origin has it."""
         try:
             if self._stop.is_set():
                 return
-            length = _part_length(n, mp.count, mp.part_size, op.size)
-            fd = self._open_staged(op)
+            if isinstance(owner, Op):
+                length = _part_length(n, mp.count, mp.part_size, owner.size)
+            else:
+                length = mp.part_size
+            fd = self._open_staged(owner)
             try:
                 data = os.pread(fd, length, (n - 1) * mp.part_size)
             finally:
                 os.close(fd)
             if len(data) != length:
-                raise StagedCorrupt(f"staged file of {op.key} is shorter than acknowledged")
+                raise StagedCorrupt(f"staged file of {owner.key} is shorter than acknowledged")
             crc = zlib.crc32(data)
-            target = self._target(op)
+            target = self._target(owner)
             etag = target.upload_part(
-                op.path, mp.upload["upload_id"], n, data, crc, bool(mp.upload.get("checksums"))
+                owner.path, mp.upload["upload_id"], n, data, crc, bool(mp.upload.get("checksums"))
             )
             if self._stop.is_set():
                 return
-            with self._lock:
-                if self._mpu.get(op.seq) is not mp:
-                    return  # that upload was abandoned meanwhile
+            current = self.journal.upload(owner.token)
+            if current is None or current.get("upload_id") != mp.upload.get("upload_id"):
+                return  # that upload was abandoned meanwhile
             with self.journal.write() as w:
-                w.record_part(op.token, n, {"etag": etag, "crc32": crc, "size": length})
+                w.record_part(owner.token, n, {"etag": etag, "crc32": crc, "size": length})
             with self._lock:
                 mp.done[n] = (etag, crc)
             self.counters.add("upload_part_bytes", length)
         except Exception as exc:
-            self._failed(op, exc)
+            if isinstance(owner, Op):
+                self._failed(owner, exc)
+            else:
+                self._early_failed(owner, exc)
         finally:
             with self._lock:
                 mp.sending.discard(n)
                 self._parts_inflight -= 1
-                if not mp.sending and self._busy.get(op.seq) == "parts":
-                    del self._busy[op.seq]
+                if (
+                    isinstance(owner, Op)
+                    and not mp.sending
+                    and self._busy.get(owner.seq) == "parts"
+                ):
+                    del self._busy[owner.seq]
             self._wake.set()
+
+    # -- parts of files still being written ------------------------------------------------------
+    def _early_create(self, job: Early) -> None:
+        """Start (or, after an engine restart, take up again) the upload of an open file."""
+        try:
+            upload = self.journal.upload(job.token)
+            if upload is not None and upload.get("key") == job.key and upload.get("early"):
+                mp = Multipart(upload, 0, int(upload["part_size"]))
+                for n, rec in self.journal.parts_of(job.token).items():
+                    mp.done[n] = (rec["etag"], int(rec["crc32"]))
+            else:
+                target = self._target(job)
+                part_size = self.config.part_size
+                upload = {
+                    **target.create(job.path), "part_size": part_size, "key": job.key,
+                    "path": job.path, "origin": job.origin, "early": True,
+                }  # fmt: skip
+                with self._lock:
+                    alive = self._early.get(job.token) is job
+                if not alive:  # closed (and taken over) or abandoned meanwhile
+                    target.abort(job.path, upload["upload_id"])
+                    return
+                with self.journal.write() as w:
+                    w.drop_upload(job.token)
+                    w.set_upload(job.token, upload)
+                mp = Multipart(upload, 0, part_size)
+            with self._lock:
+                job.mp = mp
+        except Exception as exc:
+            self._early_failed(job, exc)
+        finally:
+            with self._lock:
+                job.creating = False
+            self._wake.set()
+
+    def _early_failed(self, job: Early, exc: BaseException) -> None:
+        """Parts of an open file are an optimisation: failures only slow them down (the
+        file's journal entry retries and reports, once it is closed)."""
+        job.attempts += 1
+        job.retry_at = time.monotonic() + _backoff(job.attempts)
+        if classify(exc) in ("gone", "restart"):
+            with self._lock:
+                job.mp = None
+            with contextlib.suppress(Exception), self.journal.write() as w:
+                w.drop_upload(job.token)
+        log.debug("early part of %s failed (%s); trying again", job.key, exc)
+
+    def _abort_early(self, token: str) -> None:
+        """Abort the upload of an open file that was discarded or rewritten."""
+        upload = self.journal.upload(token)
+        if upload is None or not upload.get("early"):
+            return
+        if any(op.token == token and op.early for op in self.journal.pending()):
+            return  # closed meanwhile, front to back after all: its entry keeps it
+        with contextlib.suppress(Exception):
+            target = self._target(Early(token, upload["key"], upload["path"], upload["origin"]))
+            target.abort(upload["path"], upload["upload_id"])
+        with self.journal.write() as w:
+            if w.upload(token) == upload:
+                w.drop_upload(token)
+
+    def _reap_early(self) -> None:
+        """Uploads of files whose writer died before closing them: abort and forget."""
+        pending = {op.token for op in self.journal.pending() if op.token}
+        for token, upload in self.journal.all_uploads().items():
+            if token in pending or not upload.get("early"):
+                continue
+            if self.staging.held_by_writer(token):
+                continue
+            if token in {op.token for op in self.journal.pending() if op.token}:
+                continue  # committed just before its writer let go
+            with self._lock:
+                self._early.pop(token, None)
+            log.info("aborting the upload of %s: its writer died before closing it", upload["key"])
+            self._abort_early(token)
 
     def _complete(self, op: Op) -> None:
         with self._lock:
@@ -428,13 +607,14 @@ class Uploader:
             raise
         self._durable(op, version)
 
-    def _open_staged(self, op: Op) -> int:
-        try:
-            return os.open(self.staging.data_path(op.token), os.O_RDONLY)
-        except FileNotFoundError:
-            raise StagedCorrupt(
-                f"the staged copy of {op.key} ({self.staging.data_path(op.token)}) is missing"
-            ) from None
+    def _open_staged(self, op: Op | Early) -> int:
+        paths = [self.staging.data_path(op.token)]
+        if isinstance(op, Early):  # still being written: in open/ (or just published)
+            paths.insert(0, self.staging.open_path(op.token))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                return os.open(path, os.O_RDONLY)
+        raise StagedCorrupt(f"the staged copy of {op.key} ({paths[-1]}) is missing")
 
     def _put(self, op: Op) -> None:
         path = self.staging.data_path(op.token)
@@ -530,6 +710,7 @@ class Uploader:
         try:
             with self.journal.write() as w:
                 w.prune_done()
+            self._reap_early()
             self.staging.sweep()
         except Exception:
             log.exception("write tier maintenance failed")
