@@ -106,7 +106,7 @@ class Uploader:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._targets: dict[str, Target] = {}
-        self._busy: dict[int, str] = {}  # seq -> "prepare" | "parts" | "final" | ...
+        self._busy: dict[int, str] = {}  # seq -> the step under way: "prepare", "final", ...
         self._mpu: dict[int, Multipart] = {}
         self._retry_at: dict[int, float] = {}
         self._attempts: dict[int, int] = {}
@@ -226,13 +226,13 @@ class Uploader:
             with self._lock:
                 busy = self._busy.get(op.seq)
                 due = self._retry_at.get(op.seq, 0.0)
-            if busy is not None and busy != "parts":
+            if busy is not None:
                 continue
             if due > now:
                 delay = min(delay, due - now)
                 continue
             if decision.superseded:
-                if busy is None:
+                if busy is None and not self._sending(op):
                     self._step(op, "cancel", self._cancel)
                 continue
             if op.state == DURABLE:
@@ -286,11 +286,17 @@ class Uploader:
             for n in missing[: max(0, free)]:
                 mp.sending.add(n)
                 self._parts_inflight += 1
-                self._busy[op.seq] = "parts"
                 self._parts.submit(self._send_part, op, mp, n)
             complete = len(mp.done) == mp.count and not mp.sending
         if complete and may_publish and self._busy.get(op.seq) is None:
             self._step(op, "final", self._complete)
+
+    def _sending(self, op: Op) -> bool:
+        """Whether parts of ``op``'s upload are on their way (sent for it or, while its
+        file was written, ahead of it)."""
+        with self._lock:
+            mp = self._mpu.get(op.seq)
+            return mp is not None and bool(mp.sending)
 
     def _step(self, op: Op, phase: str, work: Callable[[Op], None]) -> None:
         with self._lock:
@@ -510,12 +516,6 @@ class Uploader:
             with self._lock:
                 mp.sending.discard(n)
                 self._parts_inflight -= 1
-                if (
-                    isinstance(owner, Op)
-                    and not mp.sending
-                    and self._busy.get(owner.seq) == "parts"
-                ):
-                    del self._busy[owner.seq]
             self._wake.set()
 
     # -- parts of files still being written ------------------------------------------------------
