@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Faults the proxy can inject.
-KINDS = ("status", "reset", "stall", "slow", "truncate", "alter", "lie", "hang", "cut")
+KINDS = ("status", "reset", "stall", "slow", "truncate", "alter", "lie", "hang", "cut", "strip")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
@@ -46,7 +46,9 @@ class Fault:
                    (only a checksum can tell);
       ``hang``     read the request and never answer (until the proxy closes);
       ``cut``      forward only ``fraction`` of the *request* body, with a Content-Length
-                   that matches it (an upload damaged on the way: only a checksum can tell).
+                   that matches it (an upload damaged on the way: only a checksum can tell);
+      ``strip``    forward the request without the headers whose names start with one of
+                   ``headers`` (comma-separated): an S3-compatible server that ignores them.
     """
 
     kind: str
@@ -54,6 +56,7 @@ class Fault:
     method: str | None = "GET"
     path: str | None = None  # substring of the URL-decoded request path
     query: str | None = None  # substring of the raw query string ("partNumber=", "uploadId=")
+    headers: str = ""  # for "strip": lower-case header name prefixes, comma-separated
     skip: int = 0  # let this many matching requests through first
     status: int = 503
     code: str = "ServiceUnavailable"
@@ -224,8 +227,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy._wait(fault.delay)
         if fault is not None and fault.kind == "cut":
             body = body[: int(len(body) * fault.fraction)]
-        status, reason, headers, data = self._forward(body)
-        if fault is None or fault.kind in ("slow", "cut") or self.command == "HEAD" or not data:
+        strip = (
+            tuple(fault.headers.split(",")) if fault is not None and fault.kind == "strip" else ()
+        )
+        status, reason, headers, data = self._forward(body, strip)
+        if (
+            fault is None
+            or fault.kind in ("slow", "cut", "strip")
+            or self.command == "HEAD"
+            or not data
+        ):
             self._answer(status, reason, headers, data, len(data))
             return
         cut = int(len(data) * fault.fraction)
@@ -260,10 +271,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, body: bytes, strip: tuple[str, ...] = ()
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(*self.server.proxy.upstream, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in _HOP_BY_HOP and not (strip and k.lower().startswith(strip))
+            }
             if body or self.command in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
             conn.request(self.command, self.path, body=body or None, headers=headers)

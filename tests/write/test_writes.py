@@ -385,3 +385,24 @@ def test_a_discarded_file_leaves_no_upload_behind(
 
     assert wait_until(none_left, 30)
     assert keys(s3_server, bucket) == []
+
+
+def test_a_server_without_checksums_or_listparts_is_verified_by_etags(
+    wfs: Any, proxy: FaultProxy, s3_server: S3, bucket: str
+) -> None:
+    """An S3-compatible server that ignores flexible checksums (keeps no CRC32) and has no
+    ListParts: parts are checked against their MD5 ETags, the object against the ETag of
+    a multipart object, and nothing is read back."""
+    proxy.add(
+        Fault("status", times=None, method="GET", query="uploadId=", status=405,
+              code="MethodNotAllowed"),
+        Fault("strip", times=None, method=None, headers="x-amz-checksum,x-amz-sdk-checksum"),
+    )  # fmt: skip
+    data = os.urandom(3 * PART + 1)
+    wfs.pipe_file(f"{bucket}/plain/big", data)
+    wfs.pipe_file(f"{bucket}/plain/small", b"s" * 999)
+    assert wfs.sync(timeout=60) == []
+    assert object_bytes(s3_server, bucket, "plain/big") == data
+    head = s3_server.client.head_object(Bucket=bucket, Key="plain/big", ChecksumMode="ENABLED")
+    assert "ChecksumCRC32" not in head and head["ETag"].endswith('-4"')
+    assert proxy.requests("GET", "plain/") == []  # verified without reading back

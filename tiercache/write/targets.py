@@ -22,7 +22,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fsspec import AbstractFileSystem
 
@@ -53,6 +53,16 @@ class UploadGone(Exception):
 
 class VerifyError(OSError):
     """What the origin holds after an upload is not what was staged (size or checksum)."""
+
+
+class Part(NamedTuple):
+    """A part the origin acknowledged: its number, ETag, CRC32 and (on servers that keep
+    no CRC32) MD5, which its ETag must equal."""
+
+    number: int
+    etag: str
+    crc32: int
+    md5: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,9 +139,18 @@ def _plain_md5(etag: str) -> bool:
     return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
 
 
-def composite_crc(part_crcs: list[int]) -> int:
+def composite_crc(parts: list[Part]) -> int:
     """S3's COMPOSITE checksum of a multipart object: the CRC32 of its parts' CRC32s."""
-    return zlib.crc32(b"".join(c.to_bytes(4, "big") for c in part_crcs))
+    return zlib.crc32(b"".join(p.crc32.to_bytes(4, "big") for p in parts))
+
+
+def multipart_etag(parts: list[Part]) -> str | None:
+    """The ETag S3 (and most S3-compatible servers) give a multipart object: the MD5 of
+    its parts' MD5s, then ``-<parts>``; None when a part's MD5 is unknown."""
+    if any(p.md5 is None for p in parts):
+        return None
+    joined = b"".join(bytes.fromhex(p.md5 or "") for p in parts)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 def file_crc(path: Path, start: int = 0, length: int | None = None) -> int:
@@ -175,7 +194,7 @@ class Target:
     def copy(self, src: str, dst: str) -> str:
         raise NotImplementedError
 
-    def verify(self, path: str, size: int, crc32: int, part_crcs: list[int] | None) -> str:
+    def verify(self, path: str, size: int, crc32: int, parts: list[Part] | None) -> str:
         raise NotImplementedError
 
     # multipart (S3 only)
@@ -187,16 +206,11 @@ class Target:
 
     def upload_part(
         self, path: str, upload_id: str, number: int, data: bytes, crc32: int, checksums: bool
-    ) -> str:
+    ) -> Part:
         raise NotImplementedError
 
     def complete(
-        self,
-        path: str,
-        upload: dict[str, Any],
-        parts: list[tuple[int, str, int]],
-        size: int,
-        crc32: int,
+        self, path: str, upload: dict[str, Any], parts: list[Part], size: int, crc32: int
     ) -> str:
         raise NotImplementedError
 
@@ -247,7 +261,7 @@ class S3Target(Target):
             return f"{size}:{etag}"
         return self.verify(path, size, crc32, None)
 
-    def verify(self, path: str, size: int, crc32: int, part_crcs: list[int] | None) -> str:
+    def verify(self, path: str, size: int, crc32: int, parts: list[Part] | None) -> str:
         bucket, key = self._split(path)
         head = self._call("head_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         length = int(head.get("ContentLength", -1))
@@ -260,10 +274,16 @@ class S3Target(Target):
             if stored[0] != crc32:
                 raise VerifyError(f"s3://{path}: stored CRC32 {stored[0]:08x}, staged {crc32:08x}")
             return f"{size}:{etag}"
-        if stored is not None and part_crcs is not None and stored[1] == len(part_crcs):
-            expected = composite_crc(part_crcs)
-            if stored[0] != expected:
+        if stored is not None and parts is not None and stored[1] == len(parts):
+            if stored[0] != composite_crc(parts):
                 raise VerifyError(f"s3://{path}: composite CRC32 does not match the parts sent")
+            return f"{size}:{etag}"
+        # No CRC32 kept (an S3-compatible server without flexible checksums): the ETag is
+        # the server's own digest of what it stored, part by part.
+        expected = multipart_etag(parts) if parts else None
+        if expected is not None and "-" in etag:
+            if etag.lower() != expected:
+                raise VerifyError(f"s3://{path}: ETag {etag}, the parts sent make {expected}")
             return f"{size}:{etag}"
         return self._read_back(path, size, crc32, etag)
 
@@ -297,13 +317,13 @@ class S3Target(Target):
                 "create_multipart_upload", Bucket=bucket, Key=key,
                 ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT",
             )  # fmt: skip
-            checksums = True
         except Exception as exc:
             if error_code(exc) not in ("InvalidArgument", "NotImplemented", "InvalidRequest"):
                 raise
-            # An S3-compatible server without flexible checksums: plain parts, read-back.
             resp = self._call("create_multipart_upload", Bucket=bucket, Key=key)
-            checksums = False
+        # A server that answers without the algorithm keeps no CRC32 (S3-compatible servers
+        # without flexible checksums): parts are then checked by their MD5 ETags.
+        checksums = str(resp.get("ChecksumAlgorithm", "")).upper() == "CRC32"
         return {"upload_id": resp["UploadId"], "checksums": checksums}
 
     def list_parts(self, path: str, upload_id: str) -> dict[int, PartInfo]:
@@ -325,34 +345,35 @@ class S3Target(Target):
 
     def upload_part(
         self, path: str, upload_id: str, number: int, data: bytes, crc32: int, checksums: bool
-    ) -> str:
+    ) -> Part:
         bucket, key = self._split(path)
         extra = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": b64crc(crc32)} if checksums else {}
         resp = self._call(
             "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
             Body=data, timeout=self.timeout + len(data) / 1e6, **extra,
         )  # fmt: skip
+        etag = str(resp["ETag"]).strip('"')
         echoed = _crc_from(resp.get("ChecksumCRC32"))
         if echoed is not None and echoed[0] != crc32:
             raise VerifyError(f"s3://{path} part {number}: stored CRC32 differs from the sent")
-        return str(resp["ETag"]).strip('"')
+        md5 = None
+        if not checksums:  # the server's MD5 of the part is all there is to check it by
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if _plain_md5(etag) and etag.lower() != md5:
+                raise VerifyError(f"s3://{path} part {number}: the origin stored other bytes")
+        return Part(number, etag, crc32, md5)
 
     def complete(
-        self,
-        path: str,
-        upload: dict[str, Any],
-        parts: list[tuple[int, str, int]],
-        size: int,
-        crc32: int,
+        self, path: str, upload: dict[str, Any], parts: list[Part], size: int, crc32: int
     ) -> str:
         bucket, key = self._split(path)
         checksums = bool(upload.get("checksums"))
         listed: list[dict[str, Any]] = []
-        for n, etag, c in parts:
-            part: dict[str, Any] = {"PartNumber": n, "ETag": f'"{etag}"'}
+        for p in parts:
+            item: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}
             if checksums:
-                part["ChecksumCRC32"] = b64crc(c)
-            listed.append(part)
+                item["ChecksumCRC32"] = b64crc(p.crc32)
+            listed.append(item)
         extra: dict[str, Any] = {"MpuObjectSize": size}
         if checksums:
             extra.update(ChecksumCRC32=b64crc(crc32), ChecksumType="FULL_OBJECT")
@@ -367,7 +388,7 @@ class S3Target(Target):
                 raise
             # Completed by an earlier attempt whose answer was lost: what is there now?
         self.fs.invalidate_cache(path)
-        return self.verify(path, size, crc32, [c for _, _, c in parts])
+        return self.verify(path, size, crc32, parts)
 
     def abort(self, path: str, upload_id: str) -> None:
         bucket, key = self._split(path)
@@ -389,7 +410,7 @@ class FsTarget(Target):
         self.fs.put_file(str(local), path)
         return self.verify(path, size, crc32, None)
 
-    def verify(self, path: str, size: int, crc32: int, part_crcs: list[int] | None) -> str:
+    def verify(self, path: str, size: int, crc32: int, parts: list[Part] | None) -> str:
         from ..origin import object_version
 
         self.fs.invalidate_cache(path)

@@ -45,7 +45,16 @@ from .journal import COPY, DELETE, DURABLE, FAILED, PENDING, PUT, Op
 from .order import plan
 from .settings import MAX_PARTS
 from .staging import Staging
-from .targets import Target, VerifyError, classify, error_code, file_crc, target_for
+from .targets import (
+    Part,
+    PartInfo,
+    Target,
+    VerifyError,
+    classify,
+    error_code,
+    file_crc,
+    target_for,
+)
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -69,7 +78,7 @@ class Multipart:
     upload: dict[str, Any]
     count: int
     part_size: int
-    done: dict[int, tuple[str, int]] = field(default_factory=dict)  # n -> (etag, crc32)
+    done: dict[int, Part] = field(default_factory=dict)
     sending: set[int] = field(default_factory=set)
 
 
@@ -428,14 +437,17 @@ class Uploader:
             with self.journal.write() as w:
                 w.drop_upload(op.token)
             upload = None
-        remote = {}
+        remote: dict[int, Any] | None = {}
         if upload is not None and upload.get("key") == op.key:
             try:
                 remote = target.list_parts(op.path, upload["upload_id"])
             except Exception as exc:
-                if classify(exc) != "gone":
+                if error_code(exc) in ("MethodNotAllowed", "NotImplemented"):
+                    remote = None  # a server without ListParts: the journal's word it is
+                elif classify(exc) != "gone":
                     raise
-                upload = None
+                else:
+                    upload = None
         else:
             upload = None
         if upload is None:
@@ -450,18 +462,22 @@ class Uploader:
         recorded = self.journal.parts_of(op.token)
         path = self.staging.data_path(op.token)
         adopted: dict[int, dict[str, Any]] = {}
+        if remote is None:
+            remote = {
+                n: PartInfo(rec["etag"], int(rec["size"]), None) for n, rec in recorded.items()
+            }
         for n, part in remote.items():
             if n > count or part.size != _part_length(n, count, part_size, op.size):
                 continue
             mine = recorded.get(n)
             if mine is not None and mine.get("etag") == part.etag:
-                mp.done[n] = (part.etag, int(mine["crc32"]))
+                mp.done[n] = Part(n, part.etag, int(mine["crc32"]), mine.get("md5"))
                 continue
             if part.crc32 is None:
                 continue  # cannot prove it holds our bytes: send it again
             crc = file_crc(path, (n - 1) * part_size, part.size)
             if crc == part.crc32:  # sent before a crash, acknowledged, not yet journaled
-                mp.done[n] = (part.etag, crc)
+                mp.done[n] = Part(n, part.etag, crc)
                 adopted[n] = {"etag": part.etag, "crc32": crc, "size": part.size}
         if adopted:
             with self.journal.write() as w:
@@ -494,18 +510,22 @@ class Uploader:
                 raise StagedCorrupt(f"staged file of {owner.key} is shorter than acknowledged")
             crc = zlib.crc32(data)
             target = self._target(owner)
-            etag = target.upload_part(
+            part = target.upload_part(
                 owner.path, mp.upload["upload_id"], n, data, crc, bool(mp.upload.get("checksums"))
             )
+            del data
             if self._stop.is_set():
                 return
             current = self.journal.upload(owner.token)
             if current is None or current.get("upload_id") != mp.upload.get("upload_id"):
                 return  # that upload was abandoned meanwhile
+            record = {"etag": part.etag, "crc32": crc, "size": length}
+            if part.md5 is not None:
+                record["md5"] = part.md5
             with self.journal.write() as w:
-                w.record_part(owner.token, n, {"etag": etag, "crc32": crc, "size": length})
+                w.record_part(owner.token, n, record)
             with self._lock:
-                mp.done[n] = (etag, crc)
+                mp.done[n] = part
             self.counters.add("upload_part_bytes", length)
         except Exception as exc:
             if isinstance(owner, Op):
@@ -526,7 +546,7 @@ class Uploader:
             if upload is not None and upload.get("key") == job.key and upload.get("early"):
                 mp = Multipart(upload, 0, int(upload["part_size"]))
                 for n, rec in self.journal.parts_of(job.token).items():
-                    mp.done[n] = (rec["etag"], int(rec["crc32"]))
+                    mp.done[n] = Part(n, rec["etag"], int(rec["crc32"]), rec.get("md5"))
             else:
                 target = self._target(job)
                 part_size = self.config.part_size
@@ -599,7 +619,7 @@ class Uploader:
         if mp.upload.get("whole"):
             self._put(op)
             return
-        parts = [(n, *mp.done[n]) for n in range(1, mp.count + 1)]
+        parts = [mp.done[n] for n in range(1, mp.count + 1)]
         try:
             version = self._target(op).complete(op.path, mp.upload, parts, op.size, op.crc32)
         except VerifyError:
