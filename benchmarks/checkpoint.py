@@ -14,7 +14,10 @@ and the same three with PyTorch DCP (``dcp.save`` with ``FileSystemWriter`` /
 cache (warm: the checkpoint this node just wrote), through tiercache cold (cache cleared:
 from S3) and through s3fs.
 
-The S3 server is moto on loopback in its own process. ``--origin-mbit N`` caps what it
+The S3 server runs on loopback in its own process: moto (``--server moto``, the default:
+it keeps CRC32 checksums, as S3 does) or npm's s3rver (``--server s3rver``: objects as files,
+lighter on the CPUs this machine shares with it; no CRC32 and no ListParts, so tiercache
+verifies by ETags). ``--origin-mbit N`` caps what it
 sends *and* receives to N Mbit/s each way (``benchmarks/_shaping.py``: tc htb on ``lo`` for
 the server's port only; root), as a remote bucket's link would; without it, loopback and
 this machine's CPUs set the pace. Ratios are computed within one run.
@@ -46,6 +49,37 @@ from _common import moto_server, report, s3_options  # noqa: E402
 from _shaping import capped_origin  # noqa: E402
 
 TENSOR_MIB = 64
+S3RVER_JS = Path("/usr/lib/node_modules/s3rver/bin/s3rver.js")
+
+
+@contextlib.contextmanager
+def s3rver_server(directory: Path) -> Iterator[str]:
+    """npm's s3rver on a free loopback port (``npm install -g s3rver@3.7.1``)."""
+    import socket
+    import subprocess
+
+    exe = shutil.which("s3rver")
+    command = [exe] if exe else ["node", str(S3RVER_JS)]
+    if exe is None and not S3RVER_JS.exists():
+        raise SystemExit("--server s3rver: npm install -g s3rver@3.7.1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update({"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER"})
+    process = subprocess.Popen(
+        [*command, "-d", str(directory), "-a", "127.0.0.1", "-p", str(port), "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def make_state(gib: float) -> dict[str, torch.Tensor]:
@@ -108,6 +142,8 @@ def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
 
     bucket = f"bench-ckpt-{uuid.uuid4().hex[:8]}"
     options = s3_options(endpoint)
+    if args.server == "s3rver":
+        options = {**options, "key": "S3RVER", "secret": "S3RVER"}
     plain = s3fs.S3FileSystem(**options, skip_instance_cache=True)
     plain.mkdir(bucket)
     state = make_state(args.gib)
@@ -261,6 +297,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--gib", type=float, default=2.0, help="state dict size (GiB)")
     p.add_argument("--origin-mbit", type=float, default=None, help="cap the S3 server's link")
+    p.add_argument("--server", choices=("moto", "s3rver"), default="moto")
     p.add_argument("--part-size", default="32MiB")
     p.add_argument("--upload-concurrency", type=int, default=8)
     p.add_argument("--repeat", type=int, default=2, help="warm restores: best of N")
@@ -271,7 +308,8 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="tiercache-bench-write-back-", dir=args.dir))
     try:
-        with moto_server() as endpoint:
+        server = s3rver_server(root / "s3rver") if args.server == "s3rver" else moto_server()
+        with server as endpoint:
             port = urllib.parse.urlsplit(endpoint).port or 80
             shaping = (
                 capped_origin(port, args.origin_mbit, uploads=True)
@@ -283,7 +321,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows, floors = summarize(result)
-    extra = {"origin_mbit": args.origin_mbit, "floors": floors}
+    extra = {"server": args.server, "origin_mbit": args.origin_mbit, "floors": floors}
     columns = sorted({k for row in rows for k in row}, key=lambda k: (k[0] != "c", k))
     save_cols = ["checkpoint", "GiB", "local+fsync s", "tiercache stall s", "stall / local",
                  "s3fs s", "s3fs / stall", "tiercache durable s", "durable / s3fs"]  # fmt: skip

@@ -111,18 +111,20 @@ class Cache:
 
         Always returns a verified blob or raises: FileNotFoundError for a missing object,
         OriginError when the origin is unreachable and nothing is cached. ``pending``: this
-        node's writes not yet at the origin count (``tiercache.write.reads``).
+        node's writes not yet at the origin count (``tiercache.write.reads``). A write drops
+        the key's entry when it is acknowledged, so only a key with no entry can have one:
+        hits never look at the write journal.
         """
         key = origin.key(path)
         started = time.perf_counter()
         missed = False  # a remote engine stored it for us: served from a tier, still a miss
         try:
-            if pending and self.staging is not None:
-                staged = staged_blob(self, origin, path, key)
-                if staged is not None:
-                    return staged
             for _ in range(4):
                 entry = self.index.get(key)
+                if entry is None and not missed and pending and self.staging is not None:
+                    staged = staged_blob(self, origin, path, key)
+                    if staged is not None:
+                        return staged
                 if entry is not None and (missed or self._fresh(origin, path, key, entry)):
                     blob = self._open_blob(entry)
                     if blob is not None:

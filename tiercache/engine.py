@@ -301,7 +301,7 @@ class Engine:
             with self._lock:
                 self._staging[tier] -= len(stored)
                 entry = None
-                if staged is not None:
+                if staged is not None and not self._shadowed(key):
                     entry = self._place(tier, key, staged, held)
                 else:
                     self.counters.add("bypass_full", tier=tier)
@@ -553,11 +553,21 @@ class Engine:
             self.policies[old.tier].remove(blob_id)
             self.stores[old.tier].delete(blob_id, old.blob)
 
-    def adopt(self, key: str, source: Path, size: int, crc32: int, version: str) -> Entry | None:
+    def _shadowed(self, key: str, own: int = 0) -> bool:
+        """A write to ``key`` newer than what is being placed is staged on this node: its
+        staged copy is what readers get until it is uploaded (``tiercache.write``), and
+        an entry must not hide it. Checked under the engine lock, where a writer's
+        ``invalidate`` (sent after its journal commit) serialises with placements."""
+        return self.uploader is not None and self.uploader.pending_seq(key) not in (None, own)
+
+    def adopt(
+        self, key: str, source: Path, size: int, crc32: int, version: str, seq: int = 0
+    ) -> Entry | None:
         """A file this node wrote, now verified at the origin: make it an ordinary entry of
         the slowest tier, under that tier's policy (linked there, not copied, when the tier
-        stores it as is on the same filesystem). Returns None when the tier declines it;
-        either way, no older copy of ``key`` stays cached."""
+        stores it as is on the same filesystem). Returns None when the tier declines it
+        (or a later write, ``seq`` being this one's, is pending); either way, no older copy
+        of ``key`` stays cached."""
         tier = len(self.stores) - 1
         store, blob_id = self.stores[tier], blob_id_for(key)
         self._unstored.drop(key)
@@ -575,7 +585,9 @@ class Engine:
                 self._staging[tier] -= size
         held = Held(b"", version, time.time(), crc32)  # the bytes stay on disk
         with self._lock:
-            entry = self._place(tier, key, staged, held, logical_size=size)
+            entry = None
+            if not self._shadowed(key, seq):
+                entry = self._place(tier, key, staged, held, logical_size=size)
         if entry is None:
             staged.discard()
         else:

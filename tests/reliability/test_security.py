@@ -50,6 +50,10 @@ HOSTILE = [
 ]
 #: What may exist in a tier directory: nothing is ever named after a key.
 ALLOWED = re.compile(r"^(blobs(/[0-9a-f]{2}(/[0-9a-f]{32})?)?|tmp|small\.lmdb(-lock)?)$")
+#: The write tier's staging: files are named by time, process and random bits, never keys.
+WRITE_ALLOWED = re.compile(
+    r"^write(/(journal\.lmdb(-lock)?|(open|data)(/[0-9a-f]+-[0-9]+-[0-9a-f]{8})?))?$"
+)
 
 
 @pytest.fixture
@@ -72,6 +76,9 @@ def _check_confined(base: Path, keys: list[str]) -> None:
         for path in root.rglob("*"):
             rel = path.relative_to(root).as_posix()
             if rel == "index" or rel.startswith("index/"):
+                continue
+            if rel == "write" or rel.startswith("write/"):  # the write tier's staging
+                assert WRITE_ALLOWED.match(rel), f"unexpected path in the write tier: {rel!r}"
                 continue
             assert ALLOWED.match(rel), f"unexpected path in a tier: {rel!r}"
     index = base / "ssd" / "index"
@@ -99,6 +106,25 @@ def test_hostile_keys_never_escape_the_tiers(sandbox: dict[str, Path], size: int
         assert fs.cat_file(path) == body
     engine = fs.cache.engine
     assert engine is not None and engine.verify()["ok"]
+    _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
+    assert not Path("/tmp/escaped").exists()
+
+
+def test_hostile_keys_written_never_escape_the_staging(sandbox: dict[str, Path]) -> None:
+    """Written through the write tier (staged, journaled, uploaded to a non-S3 origin and
+    verified by reading back): no key becomes a path on this node."""
+    mem = fsspec.filesystem("memory", skip_instance_cache=True)
+    prefix = f"/hostile-w-{uuid.uuid4().hex[:8]}/"
+    config = make_config(sandbox, ram="256KiB", write={"exit_wait_seconds": 0})
+    fs = TierCacheFileSystem(config=config, fs=mem)
+    bodies = {prefix + key: os.urandom(3000) + str(i).encode() for i, key in enumerate(HOSTILE)}
+    for path, body in bodies.items():
+        fs.pipe_file(path, body)
+        assert fs.cat_file(path) == body, repr(path[:80])
+    _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
+    assert fs.sync(timeout=120) == []
+    for path, body in bodies.items():
+        assert mem.cat_file(path) == body
     _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
     assert not Path("/tmp/escaped").exists()
 

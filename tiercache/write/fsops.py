@@ -139,6 +139,7 @@ class FileCommitter:
             raise
         for f in files:
             f.committed()
+        fs._shadow([op.key for op in ops])
         fs._kick()
         if fs.cache.config.write is not None and fs.cache.config.write.mode == "write-through":
             fs._wait_for([op.seq for op in ops], timeout=None, raise_on_failure=True)
@@ -197,6 +198,12 @@ class WriteOps:
             self._staging.journal.remember_origin(digest, origin.pickled)
             known.add(digest)
         return digest
+
+    def _shadow(self, keys: list[str]) -> None:
+        """Drop what the cache holds under ``keys`` (at once, before acknowledging): reads of
+        a key with no entry look in the journal, so they see these writes from now on."""
+        for key in keys:
+            self.cache.engine_call("invalidate", key=key)
 
     def _kick(self) -> None:
         """Tell the engine there is upload work (electing one if none runs): one way."""
@@ -301,6 +308,7 @@ class WriteOps:
                         if isinstance(exc, _Changed):
                             continue
                         raise
+                self._shadow([dst_key, src_key])
                 self._kick()
                 return
             if seen is not None:  # a pending copy: move what it will copy
@@ -319,6 +327,7 @@ class WriteOps:
                 copy.size = int(src_info.get("size") or 0)
                 w.append(copy)
                 w.append(Op(0, DELETE, src_key, src, origin))
+            self._shadow([dst_key, src_key])
             self._kick()
             return
         raise OSError(errno.EBUSY, f"{src_key} kept changing while it was being renamed")
@@ -352,6 +361,7 @@ class WriteOps:
     def _append(self, ops: list[Op]) -> list[Op]:
         with self._staging.journal.write() as w:
             done = [w.append(op) for op in ops]
+        self._shadow([op.key for op in ops])
         self._kick()
         return done
 

@@ -64,8 +64,6 @@ def parse_write(reader: Any, tiers: tuple[Any, ...]) -> WriteConfig:
     part_size = _size(sub, "part_size", sub.pop("part_size", (int, str), default="32MiB"))
     if not MIN_PART <= part_size <= MAX_PART:
         raise sub.error("part_size", part_size, "between 5MiB and 5GiB (S3's part limits)")
-    if mode != "read-only" and capacity < part_size:
-        raise sub.error("capacity", capacity, f"at least part_size ({part_size} bytes)")
     wait = _number(sub, "wait_seconds", 60.0, minimum=0)
     exit_wait = _number(sub, "exit_wait_seconds", 600.0, minimum=0)
     sub.done()

@@ -123,6 +123,7 @@ class Uploader:
         self._reported: set[int] = set()
         self._parts_inflight = 0
         self._early: dict[str, Early] = {}  # staged file -> its upload while being written
+        self._seen_seq = 0  # operations up to this one have had their keys' entries dropped
         self._abandoned: set[str] = set()
         n = self.config.upload_concurrency
         self._steps = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tiercache-upload")
@@ -153,6 +154,11 @@ class Uploader:
             self._early.pop(token, None)
             self._abandoned.add(token)
         self._steps.submit(self._abort_early, token)
+
+    def pending_seq(self, key: str) -> int | None:
+        """The sequence number of the latest pending operation on ``key`` (None: none)."""
+        seen = self.journal.latest(key)
+        return None if seen is None else seen.op.seq
 
     def retry_failed(self) -> int:
         """Try every failed operation again now (``tiercache uploads --retry``)."""
@@ -227,6 +233,7 @@ class Uploader:
         with self._lock:
             publishing = {s for s, phase in self._busy.items() if phase in ("final", "release")}
         decisions = plan(ops, publishing)
+        self._shadow_new(ops)
         delay = 1.0
         for op in ops:
             if self._stop.is_set():
@@ -255,6 +262,16 @@ class Uploader:
                 self._step(op, "final", work)
         self._early_cycle({op.token for op in ops if op.token}, now)
         return max(0.01, delay)
+
+    def _shadow_new(self, ops: list[Op]) -> None:
+        """Drop cached entries of keys with operations this engine has not seen yet. The
+        writer did so when it acknowledged them; this covers one killed in between."""
+        new = [op for op in ops if op.seq > self._seen_seq]
+        for op in new:
+            with contextlib.suppress(Exception):
+                self.engine.invalidate(op.key)
+        if new:
+            self._seen_seq = max(op.seq for op in new)
 
     def _early_cycle(self, closed: set[str], now: float) -> None:
         """Parts of files still being written, with what part budget closed files left."""
@@ -685,8 +702,9 @@ class Uploader:
         if latest is not None and latest.op.seq == op.seq:
             try:
                 self.engine.adopt(
-                    op.key, self.staging.data_path(op.token), op.size, op.crc32, op.version
-                )
+                    op.key, self.staging.data_path(op.token), op.size, op.crc32, op.version,
+                    op.seq,
+                )  # fmt: skip
             except Exception as exc:
                 log.warning("%s is uploaded but could not be cached: %s", op.key, exc)
                 with contextlib.suppress(Exception):
