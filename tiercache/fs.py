@@ -27,7 +27,7 @@ from . import cache as cache_module
 from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
 from .origin import Origin, OriginError
-from .write.files import StagedFile
+from .write.files import StagedFile, seek_position
 from .write.fsops import WriteOps
 
 
@@ -277,10 +277,7 @@ class TierCacheFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self.path}")
-        self._pos = base + offset
+        self._pos = seek_position(self._pos, self.size, offset, whence, self.path)
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:

@@ -194,18 +194,14 @@ def families(
             for status in ORIGIN_STATUSES
         ],
     )
-    cumulative, buckets = 0, []
-    for i, bound in enumerate(ORIGIN_BUCKETS):
-        cumulative += counts[slot(f"origin_bucket:{i}")]
-        buckets.append((floatToGoString(bound), cumulative))
-    cumulative += counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]
-    buckets.append(("+Inf", cumulative))
     out.append(
-        HistogramMetricFamily(
+        histogram(
             "tiercache_origin_seconds",
             "Latency of whole-object origin reads.",
-            buckets=buckets,
-            sum_value=origin["seconds"],
+            counts,
+            "origin_bucket",
+            ORIGIN_BUCKETS,
+            origin["seconds"],
         )
     )
     counter(
@@ -261,10 +257,22 @@ def families(
     return out
 
 
+def histogram(
+    name: str, doc: str, counts: list[int], slot_name: str, bounds: tuple[float, ...], total: float
+) -> Metric:
+    """A histogram family from per-bucket counter slots (``<slot_name>:<i>``, +Inf last)."""
+    cumulative, buckets = 0, []
+    for i, bound in enumerate(bounds):
+        cumulative += counts[slot(f"{slot_name}:{i}")]
+        buckets.append((floatToGoString(bound), cumulative))
+    cumulative += counts[slot(f"{slot_name}:{len(bounds)}")]
+    buckets.append(("+Inf", cumulative))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
 def upload_families(uploads: dict[str, Any], counts: list[int]) -> list[Metric]:
     """The write tier's metrics: what waits to reach the origin, what did, what failed."""
-    out: list[Metric] = []
-    for name, doc, value in (
+    gauges = (
         (
             "tiercache_upload_pending_bytes",
             "Bytes written on this node and not yet durable at the origin (failed included).",
@@ -285,11 +293,8 @@ def upload_families(uploads: dict[str, Any], counts: list[int]) -> list[Metric]:
             "Age of the oldest write not yet at the origin (0: none).",
             uploads.get("oldest_pending_seconds", 0.0),
         ),
-    ):
-        gauge = GaugeMetricFamily(name, doc)
-        gauge.add_metric([], value)
-        out.append(gauge)
-    for name, doc, value in (
+    )
+    counters = (
         (
             "tiercache_uploaded_bytes",
             "Bytes of files verified durable at the origin.",
@@ -305,22 +310,21 @@ def upload_families(uploads: dict[str, Any], counts: list[int]) -> list[Metric]:
             "Upload requests that failed and were retried (network, throttling, 5xx).",
             uploads["upload_retries"],
         ),
-    ):
-        counter = CounterMetricFamily(name, doc)
-        counter.add_metric([], value)
-        out.append(counter)
-    cumulative, buckets = 0, []
-    for i, bound in enumerate(UPLOAD_BUCKETS):
-        cumulative += counts[slot(f"upload_bucket:{i}")]
-        buckets.append((floatToGoString(bound), cumulative))
-    cumulative += counts[slot(f"upload_bucket:{len(UPLOAD_BUCKETS)}")]
-    buckets.append(("+Inf", cumulative))
+    )
+    out: list[Metric] = []
+    for kind, table in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+        for name, doc, value in table:
+            family = kind(name, doc)
+            family.add_metric([], value)
+            out.append(family)
     out.append(
-        HistogramMetricFamily(
+        histogram(
             "tiercache_upload_seconds",
             "Time from an upload's first attempt until it was verified at the origin.",
-            buckets=buckets,
-            sum_value=uploads["seconds"],
+            counts,
+            "upload_bucket",
+            UPLOAD_BUCKETS,
+            uploads["seconds"],
         )
     )
     return out

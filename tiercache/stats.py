@@ -79,10 +79,7 @@ def report(
             "heads": g("origin_heads"),
             "lists": g("origin_lists"),
             "seconds": g("origin_seconds_ns") / 1e9,
-            "latency_buckets": {
-                str(b): counts[slot(f"origin_bucket:{i}")] for i, b in enumerate(ORIGIN_BUCKETS)
-            }
-            | {"+Inf": counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]},
+            "latency_buckets": _buckets(counts, "origin_bucket", ORIGIN_BUCKETS),
             "requests": {
                 op: {status: g(f"origin_{op}_{status}") for status in ORIGIN_STATUSES}
                 for op in ORIGIN_OPS
@@ -108,9 +105,13 @@ def report(
             "upload_retries": g("upload_retries"),
             "staged_reads": g("staged_reads"),
             "seconds": g("upload_seconds_ns") / 1e9,
-            "latency_buckets": {
-                str(b): counts[slot(f"upload_bucket:{i}")] for i, b in enumerate(UPLOAD_BUCKETS)
-            }
-            | {"+Inf": counts[slot(f"upload_bucket:{len(UPLOAD_BUCKETS)}")]},
+            "latency_buckets": _buckets(counts, "upload_bucket", UPLOAD_BUCKETS),
         },
     }
+
+
+def _buckets(counts: list[int], name: str, bounds: tuple[float, ...]) -> dict[str, int]:
+    """A histogram's per-bucket counts (not cumulative) by upper bound, ``+Inf`` last."""
+    out = {str(b): counts[slot(f"{name}:{i}")] for i, b in enumerate(bounds)}
+    out["+Inf"] = counts[slot(f"{name}:{len(bounds)}")]
+    return out

@@ -100,10 +100,7 @@ class StagedFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self.path}")
-        self._pos = base + offset
+        self._pos = seek_position(self._pos, self.size, offset, whence, self.path)
         return self._pos
 
     def write(self, data: Any) -> int:
@@ -227,6 +224,14 @@ class StagedFile(io.RawIOBase):
             log.warning("%s: write file dropped without close(); discarded", self.path)
             with contextlib.suppress(Exception):
                 self.discard()
+
+
+def seek_position(pos: int, size: int, offset: int, whence: int, name: str) -> int:
+    """Where ``seek(offset, whence)`` leads in a file of ``size`` bytes, now at ``pos``."""
+    base = {io.SEEK_SET: 0, io.SEEK_CUR: pos, io.SEEK_END: size}[whence]
+    if base + offset < 0:
+        raise ValueError(f"negative seek position {base + offset} in {name}")
+    return base + offset
 
 
 def _crc_of(fd: int, size: int) -> int:

@@ -716,6 +716,13 @@ class Uploader:
             return
         if invalidate:  # what the cache held under this key is not what the origin holds
             self.engine.invalidate(op.key)
+        self._drop(op, done)
+        if op.kind != PUT:
+            self.counters.add("uploads")
+
+    def _drop(self, op: Op, done: dict[str, Any] | None) -> None:
+        """``op`` leaves the journal (``done``: what it left at the origin), its staged file
+        and this uploader's state for it go."""
         with self.journal.write() as w:
             w.remove(op, done=done)
         if op.token:
@@ -724,8 +731,6 @@ class Uploader:
             self._mpu.pop(op.seq, None)
             self._retry_at.pop(op.seq, None)
             self._started.pop(op.seq, None)
-        if op.kind != PUT:
-            self.counters.add("uploads")
 
     def _cancel(self, op: Op) -> None:
         """A later operation on the same key made this one moot: abort its multipart
@@ -734,14 +739,7 @@ class Uploader:
             upload = self.journal.upload(op.token)
             if upload is not None and "upload_id" in upload:
                 self._target(op).abort(op.path, upload["upload_id"])
-        with self.journal.write() as w:
-            w.remove(op)
-        if op.token:
-            self.staging.release(op.token)
-        with self._lock:
-            self._mpu.pop(op.seq, None)
-            self._retry_at.pop(op.seq, None)
-            self._started.pop(op.seq, None)
+        self._drop(op, None)
 
     def _maintain(self) -> None:
         """Now and then: forget old completions, sweep staged files nobody refers to."""
