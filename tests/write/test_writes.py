@@ -278,29 +278,19 @@ def test_metrics_show_uploads(wfs: Any, proxy: FaultProxy, bucket: str) -> None:
     proxy.add(Fault("hang", times=None, method="PUT"))
     wfs.pipe_file(f"{bucket}/m", b"m" * 10_000)
     cache = wfs.cache
-    names = {
-        m.name: m
-        for m in families(
-            cache.config,
-            cache.counters.snapshot(),
-            cache.index.totals(),
-            uploads=cache.staging.journal.summary(),
-        )  # fmt: skip
-    }
+
+    def scrape() -> dict[str, Any]:
+        counts, totals = cache.counters.snapshot(), cache.index.totals()
+        summary = cache.staging.journal.summary()
+        return {m.name: m for m in families(cache.config, counts, totals, uploads=summary)}
+
+    names = scrape()
     pending = names["tiercache_upload_pending_bytes"].samples[0].value
     assert pending == 10_000
     assert names["tiercache_upload_pending_files"].samples[0].value == 1
     proxy.clear()
     assert wfs.sync(timeout=60) == []
-    names = {
-        m.name: m
-        for m in families(
-            cache.config,
-            cache.counters.snapshot(),
-            cache.index.totals(),
-            uploads=cache.staging.journal.summary(),
-        )  # fmt: skip
-    }
+    names = scrape()
     assert names["tiercache_upload_pending_bytes"].samples[0].value == 0
     assert names["tiercache_uploaded_bytes"].samples[0].value >= 10_000
     assert "tiercache_upload_failures" in names and "tiercache_upload_seconds" in names
