@@ -75,6 +75,8 @@ class Cache:
             refuse_network(config.index_path, "index.path")
             for tier in config.tiers:
                 refuse_network(tier.path, f"tier {tier.name!r} path")
+            if config.write is not None and config.write.enabled:
+                refuse_network(config.write.path, "write.path")
         self.pid = os.getpid()
         self.index = Index(config.index_path, config.tier_names)
         self.stores = [TierStore(t) for t in config.tiers]

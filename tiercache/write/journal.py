@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import struct
 import threading
@@ -128,6 +129,14 @@ class Seen:
 #: Journals open in this process, by directory: LMDB refuses to open one file twice.
 _OPEN: dict[Path, Journal] = {}
 _OPEN_LOCK = threading.Lock()
+
+
+def _reset_in_child() -> None:
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()  # a parent thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def open_journal(path: Path, owner: str) -> Journal:
