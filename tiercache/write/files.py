@@ -10,9 +10,10 @@ A file that is not closed is not acknowledged and never reaches the origin: leav
 file, which would keep a half-written checkpoint). Inside ``with fs.transaction:``,
 ``close()`` only stages the file; the transaction commits every file in one journal commit.
 
-The CRC32 of the contents is computed as they are written (the staged copy is verified
-against it when read, the origin's stored checksum is compared with it after upload);
-after a seek backwards it is computed once more from the file at close.
+The CRC32 of the contents is computed as they are written, for large writes on a helper
+thread while the kernel copies the bytes (the staged copy is verified against it when read,
+the origin's stored checksum is compared with it after upload); after a seek backwards it
+is computed once more from the file at close.
 """
 
 from __future__ import annotations
@@ -22,11 +23,24 @@ import io
 import logging
 import os
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 log = logging.getLogger("tiercache.write")
 
 _CHUNK = 8 << 20
+#: Writes at least this large have their CRC32 computed by a helper thread while the
+#: kernel copies them (zlib releases the GIL): the hash costs the writer no time.
+_OVERLAP_BYTES = 1 << 20
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _crc_pool() -> ThreadPoolExecutor:
+    """One hashing thread per process (made again in a forked child)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="tiercache-crc"))
+    return _POOL[1]
 
 
 class Committer(Protocol):
@@ -114,14 +128,22 @@ class StagedFile(io.RawIOBase):
         if end > self._reserved:
             self._committer.reserve(self, max(end - self.size, self._committer_step()))
             self._reserved = max(end, self.size) + self._committer_step()
+        crc: Future[int] | None = None
         if self.sequential and self._pos == self.size:
-            self._crc = zlib.crc32(view, self._crc)
+            if n >= _OVERLAP_BYTES:  # hashed on another core while the kernel copies it
+                crc = _crc_pool().submit(zlib.crc32, view, self._crc)
+            else:
+                self._crc = zlib.crc32(view, self._crc)
         elif self.sequential:
             self.sequential = False
             self._committer.rewritten(self)
         written = 0
-        while written < n:
-            written += os.pwrite(self._fd, view[written:], self._pos + written)
+        try:
+            while written < n:
+                written += os.pwrite(self._fd, view[written:], self._pos + written)
+        finally:
+            if crc is not None:
+                self._crc = crc.result()
         self._pos = end
         if end > self.size:
             self.size = end

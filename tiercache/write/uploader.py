@@ -65,6 +65,10 @@ log = logging.getLogger("tiercache.write")
 FAILED_RETRY_SECONDS = 300.0
 _MAX_BACKOFF = 60.0
 _MAINTAIN_SECONDS = 60.0
+#: Parts of one file sent at once while it is still being written.
+_EARLY_STREAMS = 2
+#: How much less CPU priority upload threads ask for than the writers they serve.
+_NICENESS = 10
 
 
 class StagedCorrupt(OSError):
@@ -126,8 +130,12 @@ class Uploader:
         self._seen_seq = 0  # operations up to this one have had their keys' entries dropped
         self._abandoned: set[str] = set()
         n = self.config.upload_concurrency
-        self._steps = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tiercache-upload")
-        self._parts = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tiercache-part")
+        self._steps = ThreadPoolExecutor(
+            max_workers=n, thread_name_prefix="tiercache-upload", initializer=_background
+        )
+        self._parts = ThreadPoolExecutor(
+            max_workers=n, thread_name_prefix="tiercache-part", initializer=_background
+        )
         self._maintained = 0.0
         self._thread = threading.Thread(target=self._run, name="tiercache-uploads", daemon=True)
         self._thread.start()
@@ -287,7 +295,12 @@ class Uploader:
                         self._steps.submit(self._early_create, job)
                     continue
                 mp = job.mp
-                free = self.config.upload_concurrency - self._parts_inflight
+                # A file still being written gets few streams: its writer should not
+                # wait for CPU behind its own upload (all of them once it is closed).
+                free = min(
+                    self.config.upload_concurrency - self._parts_inflight,
+                    _EARLY_STREAMS - len(mp.sending),
+                )
                 ready = job.written // mp.part_size
                 missing = [
                     n for n in range(1, ready + 1) if n not in mp.done and n not in mp.sending
@@ -750,6 +763,15 @@ class Uploader:
             self.staging.sweep()
         except Exception:
             log.exception("write tier maintenance failed")
+
+
+def _background() -> None:
+    """Upload threads run at a lower CPU priority than the process's other threads (Linux
+    lets a thread lower its own): a checkpoint's writer, or training, comes first; the
+    network, not the CPU, paces uploads."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + _NICENESS)
 
 
 def _part_length(n: int, count: int, part_size: int, size: int) -> int:
