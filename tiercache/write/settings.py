@@ -46,15 +46,18 @@ class WriteConfig:
 def parse_write(reader: Any, tiers: tuple[Any, ...]) -> WriteConfig:
     """``[write]`` from ``reader`` (a ``config._Reader``); defaults derive from the last tier.
 
-    Without a ``path``, writes are staged in ``<last tier>/write``: the same filesystem as
-    the slowest tier, so an uploaded file becomes a cache entry there by a rename.
+    Without a ``path``, writes are staged in ``<last tier>-write``, beside the slowest tier:
+    on the same filesystem, so an uploaded file becomes a cache entry there by a link, but
+    not inside a directory people delete to clear a cache (it may hold the only copy of a
+    write not yet uploaded).
     """
     from ..config import _filesystem_size, _integer, _number, _path, _size
 
     raw = reader.pop("write", dict, default=None)
     sub = type(reader)(raw or {}, reader.origin, prefix="write.")
     text = sub.pop("path", str, default="")
-    path = _path(text, "write.path") if text else tiers[-1].path / "write"
+    last = tiers[-1].path
+    path = _path(text, "write.path") if text else last.with_name(f"{last.name}-write")
     total = _filesystem_size(path)
     capacity = _size(sub, "capacity", sub.pop("capacity", (int, str), default="10%"), total)
     mode = sub.pop("mode", str, default="write-back")
