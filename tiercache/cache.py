@@ -566,7 +566,7 @@ class Cache:
             store.abandon()
         self.counters.after_fork()
         if self.staging is not None:
-            self.staging.journal.abandon()
+            self.staging.abandon()
         self._link.forget()
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):

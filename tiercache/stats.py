@@ -20,7 +20,8 @@ def collect(cache: Cache) -> dict[str, Any]:
 
 def pending(cache: Cache) -> dict[str, Any] | None:
     """What the write tier's journal holds now (None: writes are off)."""
-    return cache.staging.journal.summary() if cache.staging is not None else None
+    journal = cache.staging.existing_journal() if cache.staging is not None else None
+    return journal.summary() if journal is not None else None
 
 
 def report(

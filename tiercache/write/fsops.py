@@ -374,10 +374,12 @@ class WriteOps:
         Uploads the origin refused for good (``state: failed``) are returned at once: they
         stay staged, and waiting would not change them (see ``tiercache uploads``).
         """
-        staging = self._staging
-        limit = staging.journal.last_seq()
+        journal = self._staging.existing_journal()
+        if journal is None:
+            return []  # nothing was ever written here
+        limit = journal.last_seq()
         prefix = "" if path is None else self._strip_protocol(path)
-        seqs = [op.seq for op in staging.journal.pending() if op.seq <= limit]
+        seqs = [op.seq for op in journal.pending() if op.seq <= limit]
         return self._wait_for(seqs, timeout=timeout, prefix=prefix)
 
     def _wait_for(
@@ -423,7 +425,8 @@ class WriteOps:
     def uploads(self) -> list[dict[str, Any]]:
         """Every write, delete and rename of this node not yet durable at the origin."""
         staging = self.cache.staging
-        return [] if staging is None else [op.public() for op in staging.journal.pending()]
+        journal = None if staging is None else staging.existing_journal()
+        return [] if journal is None else [op.public() for op in journal.pending()]
 
     # -- what reads and listings see ---------------------------------------------------------------
     def _staged_info(self, path: str) -> dict[str, Any] | None:
@@ -432,9 +435,9 @@ class WriteOps:
         Raises FileNotFoundError for a path deleted here and not yet at the origin.
         """
         staging = self.cache.staging
-        if staging is None:
+        journal = None if staging is None else staging.existing_journal()
+        if journal is None:
             return None
-        journal = staging.journal
         key = self._key(path)
         seen = journal.latest(key)
         if seen is not None:
@@ -455,21 +458,22 @@ class WriteOps:
 
     def _pending_children(self, path: str) -> bool:
         staging = self.cache.staging
-        if staging is None:
+        journal = None if staging is None else staging.existing_journal()
+        if journal is None:
             return False
         base = path.rstrip("/") + "/"
         return any(
             op.path.startswith(base) and op.kind != DELETE
-            for op in staging.journal.latest_under(path).values()
+            for op in journal.latest_under(path).values()
         )
 
     def _with_writes(self, path: str, listing: list[dict[str, Any]] | None) -> Any:
         """``listing`` (None: the origin has no such directory) with this node's writes,
         deletes and renames under ``path`` applied, and those completed since it was taken."""
         staging = self.cache.staging
-        if staging is None:
+        journal = None if staging is None else staging.existing_journal()
+        if journal is None:
             return listing
-        journal = staging.journal
         pending = journal.latest_under(path)
         done = journal.done_under(path)
         if not pending and not done:

@@ -33,10 +33,11 @@ def staged_blob(cache: Cache, origin: Origin, path: str, key: str) -> Blob | Non
     from ..cache import Blob
 
     staging = cache.staging
-    if staging is None:
+    journal = None if staging is None else staging.existing_journal()
+    if staging is None or journal is None:
         return None
     for _ in range(4):
-        seen = staging.journal.latest(key)
+        seen = journal.latest(key)
         if seen is None:
             return None
         op = seen.op

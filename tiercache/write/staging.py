@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..security import ensure_private_dir
 from ..sizes import format_size
-from .journal import open_journal
+from .journal import Journal, open_journal
 from .settings import WriteConfig
 
 log = logging.getLogger("tiercache.write")
@@ -44,19 +44,42 @@ class Staging:
 
     def __init__(self, config: WriteConfig, owner: str) -> None:
         self.config = config
+        self.owner = owner
         self.root = config.path
         self.open_dir = self.root / "open"
         self.data_dir = self.root / "data"
-        for d in (self.root, self.open_dir, self.data_dir):
-            ensure_private_dir(d)
-        self.journal = open_journal(self.root, owner)
+        self._journal: Journal | None = None
         #: How much a writer may write between two quota checks.
         self.step = max(1 << 20, min(64 << 20, config.capacity // 16))
+
+    @property
+    def journal(self) -> Journal:
+        """The journal, made (with the staging directories) by the first write. Nothing is
+        created on disk before that: a process that only reads never touches the staging
+        filesystem, which may be full."""
+        if self._journal is None:
+            for d in (self.root, self.open_dir, self.data_dir):
+                ensure_private_dir(d)
+            self._journal = open_journal(self.root, self.owner)
+        return self._journal
+
+    def existing_journal(self) -> Journal | None:
+        """The journal if one was ever made (None: nothing was ever written here)."""
+        if self._journal is None and not (self.root / "journal.lmdb").exists():
+            return None
+        return self.journal
+
+    def abandon(self) -> None:
+        """After fork, in the child: the parent's journal handle is not ours."""
+        if self._journal is not None:
+            self._journal.abandon()
+            self._journal = None
 
     # -- files ------------------------------------------------------------------------------------
     def create(self) -> tuple[int, str]:
         """A new, empty staging file for one writer: (descriptor, token), locked by it."""
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.journal  # noqa: B018 - the directories and journal exist from the first write
         while True:
             token = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
             fd = os.open(self.open_dir / token, flags, 0o600)
@@ -179,6 +202,8 @@ class Staging:
         returned, or released but not deleted. Files a live writer holds are left alone.
         Returns how many were deleted."""
         removed = 0
+        if self.existing_journal() is None:
+            return 0
         referenced = self.journal.tokens()
         for directory in (self.open_dir, self.data_dir):
             for entry in os.scandir(directory):

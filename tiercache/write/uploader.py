@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..ipc import load_origin
-from .journal import COPY, DELETE, DURABLE, FAILED, PENDING, PUT, Op
+from .journal import COPY, DELETE, DURABLE, FAILED, PENDING, PUT, Journal, Op
 from .order import plan
 from .settings import MAX_PARTS
 from .staging import Staging
@@ -111,7 +111,6 @@ class Uploader:
     def __init__(self, engine: Engine, staging: Staging) -> None:
         self.engine = engine
         self.staging = staging
-        self.journal = staging.journal
         self.config = staging.config
         self.counters = engine.counters
         self.timeout = engine.config.origin.timeout_seconds
@@ -140,6 +139,14 @@ class Uploader:
         self._thread = threading.Thread(target=self._run, name="tiercache-uploads", daemon=True)
         self._thread.start()
 
+    @property
+    def journal(self) -> Journal:
+        return self.staging.journal
+
+    def _idle(self) -> bool:
+        """Nothing was ever written to this write tier (no journal): nothing to do."""
+        return self.staging.existing_journal() is None
+
     # -- control ----------------------------------------------------------------------------------
     def wake(self) -> None:
         """There may be new work (a writer closed a file, renamed, deleted)."""
@@ -165,11 +172,15 @@ class Uploader:
 
     def pending_seq(self, key: str) -> int | None:
         """The sequence number of the latest pending operation on ``key`` (None: none)."""
+        if self._idle():
+            return None
         seen = self.journal.latest(key)
         return None if seen is None else seen.op.seq
 
     def retry_failed(self) -> int:
         """Try every failed operation again now (``tiercache uploads --retry``)."""
+        if self._idle():
+            return 0
         failed = [op for op in self.journal.pending() if op.state == FAILED]
         with self.journal.write() as w:
             for op in failed:
@@ -199,6 +210,8 @@ class Uploader:
         last = 0
         try:
             while True:
+                if self._idle():
+                    return []
                 left = [op for op in self.journal.pending() if op.state != FAILED]
                 if not left or time.monotonic() >= deadline:
                     return left
@@ -233,6 +246,8 @@ class Uploader:
             self._wake.wait(delay)
 
     def _cycle(self) -> float:
+        if self._idle():
+            return 1.0
         ops = self.journal.pending()
         now = time.monotonic()
         if now - self._maintained > _MAINTAIN_SECONDS:
@@ -756,6 +771,8 @@ class Uploader:
 
     def _maintain(self) -> None:
         """Now and then: forget old completions, sweep staged files nobody refers to."""
+        if self._idle():
+            return
         try:
             with self.journal.write() as w:
                 w.prune_done()
