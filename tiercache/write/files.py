@@ -87,6 +87,10 @@ class StagedFile(io.RawIOBase):
         self.sequential = True
         #: Whole parts handed to the uploader before close (see ``fsops.FileCommitter``).
         self.early_parts = 0
+        #: The staged file's identity once staged (inode, mtime), for the node's record of
+        #: verified files: written here with this CRC32, it needs no re-hash for a while.
+        self.ino = 0
+        self.mtime_ns = 0
         self._reserved = 0
         #: "open" -> "staged" (closed in a transaction) -> "committed" | "discarded"
         self.state = "open"
@@ -191,7 +195,8 @@ class StagedFile(io.RawIOBase):
         if self.state != "open":
             return
         os.fsync(self._fd)
-        actual = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        actual, self.ino, self.mtime_ns = st.st_size, st.st_ino, st.st_mtime_ns
         if not self.sequential or actual != self.size:
             self.size = actual
             self._crc = _crc_of(self._fd, actual)

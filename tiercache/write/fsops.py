@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.transaction import Transaction
 
+from ..index import blob_id_for
 from ..ipc import dump_origin
+from ..tiers.store import BlobMeta
 from .files import StagedFile
 from .journal import COPY, DELETE, FAILED, PUT, Op, _under, origin_digest
 from .staging import Staging
@@ -139,6 +141,7 @@ class FileCommitter:
             raise
         for f in files:
             f.committed()
+            fs._verified(f)
         fs._shadow([op.key for op in ops])
         fs._kick()
         if fs.cache.config.write is not None and fs.cache.config.write.mode == "write-through":
@@ -198,6 +201,15 @@ class WriteOps:
             self._staging.journal.remember_origin(digest, origin.pickled)
             known.add(digest)
         return digest
+
+    def _verified(self, f: StagedFile) -> None:
+        """Record the staged file as hashed clean now (its CRC32 is of the very bytes just
+        written): reads of it, and of the tier entry it becomes (a link: the same inode),
+        skip the re-hash for the slowest tier's ``verify_ttl_seconds``, as for any blob a
+        process on the node verified."""
+        meta = BlobMeta(f.size, f.crc32, False, False, f.ino, f.mtime_ns)
+        if self.cache.config.tiers[-1].verify_ttl_seconds > 0:
+            self.cache.verified.record(blob_id_for(f.key), meta)
 
     def _shadow(self, keys: list[str]) -> None:
         """Drop what the cache holds under ``keys`` (at once, before acknowledging): reads of
