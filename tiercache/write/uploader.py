@@ -666,7 +666,8 @@ class Uploader:
             return
         parts = [mp.done[n] for n in range(1, mp.count + 1)]
         try:
-            version = self._target(op).complete(op.path, mp.upload, parts, op.size, op.crc32)
+            local = self.staging.data_path(op.token)
+            version = self._target(op).complete(op.path, mp.upload, parts, op.size, op.crc32, local)
         except VerifyError:
             self._check_staged(op)
             raise
