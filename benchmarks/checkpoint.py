@@ -112,7 +112,11 @@ def cache_config(root: Path, args: argparse.Namespace) -> Iterator[dict[str, Any
     config = {
         "tiers": [
             {"name": "ram", "path": str(ram), "capacity": "256MiB", "verify": "on-change"},
-            {"name": "ssd", "path": str(root / "ssd"), "capacity": f"{args.gib * 3 + 1}GiB"},
+            {
+                "name": "ssd",
+                "path": str(root / "ssd"),
+                "capacity": f"{args.gib * (2 * args.repeat + 1) + 1}GiB",
+            },
         ],
         "write": {
             "capacity": f"{args.gib * 3 + 1}GiB",
@@ -133,6 +137,10 @@ def cache_config(root: Path, args: argparse.Namespace) -> Iterator[dict[str, Any
 
 
 def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
+    """Every measurement, in one run. Saves and warm restores go in pairs (local, then
+    tiercache) ``--repeat`` times: on a shared machine each pair's ratio is the signal, the
+    median of the pairs the figure. s3fs's uploads and the cold restores, minutes each at a
+    capped link, are measured once."""
     import s3fs
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
@@ -153,61 +161,72 @@ def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
     def template() -> dict[str, torch.Tensor]:
         return {k: torch.empty_like(v) for k, v in state.items()}
 
+    def record(name: str, seconds: float) -> None:
+        out.setdefault(name, []).append(seconds)
+
     with cache_config(root, args) as config:
         fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=options)
         dcp_options = {"tiercache": {"config": config}, "s3": options}
 
-        # -- torch.save ----------------------------------------------------------------------
-        local = root / "local.pt"
-
-        def save_local() -> None:
-            with open(local, "wb") as f:
+        def save_local(path: Path) -> None:
+            with open(path, "wb") as f:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
 
-        out["local_save"] = timed(save_local)
+        def save_tc(url: str) -> None:
+            with fs.open(url, "wb") as f:
+                torch.save(state, f)
+
+        def dcp_local(path: Path) -> None:
+            dcp.save(state, storage_writer=FileSystemWriter(str(path)), no_dist=True)
+
+        def dcp_tc(url: str) -> None:
+            writer = FsspecWriter(f"tiercache::s3://{url}", **dcp_options)
+            dcp.save(state, storage_writer=writer, no_dist=True)
+
+        # -- saves: local and tiercache in pairs, then s3fs once --------------------------------
+        for r in range(args.repeat):
+            for kind, local_save, tc_save, suffix in (
+                ("", save_local, save_tc, ".pt"),
+                ("dcp_", dcp_local, dcp_tc, ""),
+            ):
+                gc.collect()
+                target = root / f"local-{kind}{r}{suffix}"
+                started = time.perf_counter()
+                local_save(target)
+                record(f"local_{kind}save", time.perf_counter() - started)
+                if r and suffix:  # one local copy of each kind is kept for the restores
+                    target.unlink()
+                elif r:
+                    shutil.rmtree(target, ignore_errors=True)
+                started = time.perf_counter()
+                tc_save(f"{bucket}/tc-{kind}{r}{suffix}")
+                record(f"tiercache_{kind}save", time.perf_counter() - started)
+                left = fs.sync(timeout=args.timeout)
+                record(f"tiercache_{kind}durable", time.perf_counter() - started)
+                assert not left, left
 
         def save_s3fs() -> None:
             with plain.open(f"{bucket}/s3fs/ckpt.pt", "wb") as f:
                 torch.save(state, f)
 
-        out["s3fs_save"] = timed(save_s3fs)
-
-        started = time.perf_counter()
-        with fs.open(f"{bucket}/tc/ckpt.pt", "wb") as f:
-            torch.save(state, f)
-        out["tiercache_save"] = time.perf_counter() - started
-        left = fs.sync(timeout=args.timeout)
-        out["tiercache_durable"] = time.perf_counter() - started
-        assert not left, left
-
-        # -- DCP -----------------------------------------------------------------------------
-        def dcp_local() -> None:
-            dcp.save(state, storage_writer=FileSystemWriter(str(root / "dcp")), no_dist=True)
-
-        out["local_dcp_save"] = timed(dcp_local)
-
         def dcp_s3fs() -> None:
             writer = FsspecWriter(f"s3://{bucket}/s3fs-dcp", **options)
             dcp.save(state, storage_writer=writer, no_dist=True)
 
-        out["s3fs_dcp_save"] = timed(dcp_s3fs)
+        record("s3fs_save", timed(save_s3fs))
+        record("s3fs_dcp_save", timed(dcp_s3fs))
 
-        started = time.perf_counter()
-        writer = FsspecWriter(f"tiercache::s3://{bucket}/tc-dcp", **dcp_options)
-        dcp.save(state, storage_writer=writer, no_dist=True)
-        out["tiercache_dcp_save"] = time.perf_counter() - started
-        left = fs.sync(timeout=args.timeout)
-        out["tiercache_dcp_durable"] = time.perf_counter() - started
-        assert not left, left
+        # -- restores: warm (this node wrote it) in pairs, then cold once ----------------------
+        local, tc = root / "local-0.pt", f"{bucket}/tc-0.pt"
+        tc_dcp = f"tiercache::s3://{bucket}/tc-dcp_0"
 
-        # -- restores: warm (this node wrote it), then cold ------------------------------------
         def load_local() -> None:
             assert same(torch.load(local, weights_only=True), state)
 
         def load_tc() -> None:
-            with fs.open(f"{bucket}/tc/ckpt.pt", "rb") as f:
+            with fs.open(tc, "rb") as f:
                 assert same(torch.load(f, weights_only=True), state)
 
         def load_s3fs() -> None:
@@ -222,66 +241,69 @@ def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
 
             return go
 
-        tc_dcp = f"tiercache::s3://{bucket}/tc-dcp"
-        for _ in range(args.repeat):
+        for _ in range(args.repeat + 1):  # the first pair maps files in; all are kept
             gc.collect()
-            out["local_load"] = min(out.get("local_load", 1e9), timed(load_local))
-            out["tiercache_warm_load"] = min(out.get("tiercache_warm_load", 1e9), timed(load_tc))
-            out["local_dcp_load"] = min(
-                out.get("local_dcp_load", 1e9),
-                timed(dcp_load(FileSystemReader(str(root / "dcp")))),
-            )
-            out["tiercache_warm_dcp_load"] = min(
-                out.get("tiercache_warm_dcp_load", 1e9),
-                timed(dcp_load(FsspecReader(tc_dcp, **dcp_options))),
-            )
+            record("local_load", timed(load_local))
+            record("tiercache_warm_load", timed(load_tc))
+            record("local_dcp_load", timed(dcp_load(FileSystemReader(str(root / "local-dcp_0")))))
+            record("tiercache_warm_dcp_load", timed(dcp_load(FsspecReader(tc_dcp, **dcp_options))))
         out["warm_entries"] = fs.stats()["tiers"]["ssd"]["entries"]
 
         fs.cache.engine_call("clear")
         drop_page_cache()
-        out["tiercache_cold_load"] = timed(load_tc)
-        out["s3fs_load"] = timed(load_s3fs)
+        record("tiercache_cold_load", timed(load_tc))
+        record("s3fs_load", timed(load_s3fs))
         fs.cache.engine_call("clear")
-        out["tiercache_cold_dcp_load"] = timed(dcp_load(FsspecReader(tc_dcp, **dcp_options)))
+        record("tiercache_cold_dcp_load", timed(dcp_load(FsspecReader(tc_dcp, **dcp_options))))
         reader = FsspecReader(f"s3://{bucket}/s3fs-dcp", **options)
-        out["s3fs_dcp_load"] = timed(dcp_load(reader))
+        record("s3fs_dcp_load", timed(dcp_load(reader)))
         out["uploads"] = fs.stats()["uploads"]
     return out
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _pairs(r: dict[str, Any], a: str, b: str) -> list[float]:
+    """Ratios a/b of each pair measured together."""
+    return [x / y for x, y in zip(r[a], r[b], strict=False)]
 
 
 def summarize(r: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     gib = r["bytes"] / 2**30
     rows = []
     for kind, prefix in (("torch.save", ""), ("DCP", "dcp_")):
-        local = r[f"local_{prefix}save"]
-        s3 = r[f"s3fs_{prefix}save"]
-        tc = r[f"tiercache_{prefix}save"]
-        durable = r[f"tiercache_{prefix}durable"]
+        s3 = r[f"s3fs_{prefix}save"][0]
+        stall = _pairs(r, f"tiercache_{prefix}save", f"local_{prefix}save")
         rows.append(
             {
                 "checkpoint": kind,
-                "local+fsync s": local,
-                "s3fs s": s3,
-                "tiercache stall s": tc,
-                "stall / local": tc / local,
-                "s3fs / stall": s3 / tc,
-                "tiercache durable s": durable,
-                "durable / s3fs": durable / s3,
                 "GiB": gib,
+                "local+fsync s": _median(r[f"local_{prefix}save"]),
+                "tiercache stall s": _median(r[f"tiercache_{prefix}save"]),
+                "stall / local": _median(stall),
+                "pairs": " ".join(f"{x:.2f}" for x in stall),
+                "s3fs s": s3,
+                "s3fs / stall": s3 / _median(r[f"tiercache_{prefix}save"]),
+                "tiercache durable s": _median(r[f"tiercache_{prefix}durable"]),
+                "durable / s3fs": _median(r[f"tiercache_{prefix}durable"]) / s3,
             }
         )
     loads = []
     for kind, prefix in (("torch.load", ""), ("DCP", "dcp_")):
-        local = r[f"local_{prefix}load"]
-        warm = r[f"tiercache_warm_{prefix}load"]
+        speed = _pairs(r, f"local_{prefix}load", f"tiercache_warm_{prefix}load")[1:]
         loads.append(
             {
                 "restore": kind,
-                "local s": local,
-                "tiercache warm s": warm,
-                "warm speed / local": local / warm,
-                "tiercache cold s": r[f"tiercache_cold_{prefix}load"],
-                "s3fs s": r[f"s3fs_{prefix}load"],
+                "local s": _median(r[f"local_{prefix}load"][1:]),
+                "tiercache warm s": _median(r[f"tiercache_warm_{prefix}load"][1:]),
+                "warm speed / local": _median(speed),
+                "pairs": " ".join(f"{x:.2f}" for x in speed),
+                "tiercache cold s": r[f"tiercache_cold_{prefix}load"][0],
+                "s3fs s": r[f"s3fs_{prefix}load"][0],
             }
         )
     floors = {
@@ -300,7 +322,7 @@ def main() -> int:
     p.add_argument("--server", choices=("moto", "s3rver"), default="moto")
     p.add_argument("--part-size", default="32MiB")
     p.add_argument("--upload-concurrency", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=2, help="warm restores: best of N")
+    p.add_argument("--repeat", type=int, default=3, help="pairs of saves and of warm restores")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--dir", default=None, help="where local copies and the cache go (a disk)")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
@@ -322,12 +344,11 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     rows, floors = summarize(result)
     extra = {"server": args.server, "origin_mbit": args.origin_mbit, "floors": floors}
-    columns = sorted({k for row in rows for k in row}, key=lambda k: (k[0] != "c", k))
     save_cols = ["checkpoint", "GiB", "local+fsync s", "tiercache stall s", "stall / local",
-                 "s3fs s", "s3fs / stall", "tiercache durable s", "durable / s3fs"]  # fmt: skip
-    load_cols = ["restore", "local s", "tiercache warm s", "warm speed / local",
+                 "pairs", "s3fs s", "s3fs / stall", "tiercache durable s",
+                 "durable / s3fs"]  # fmt: skip
+    load_cols = ["restore", "local s", "tiercache warm s", "warm speed / local", "pairs",
                  "tiercache cold s", "s3fs s"]  # fmt: skip
-    del columns
     report("checkpoint save", [r for r in rows if "checkpoint" in r], save_cols, False)
     report("checkpoint restore", [r for r in rows if "restore" in r], load_cols, False, extra)
     if args.json:
