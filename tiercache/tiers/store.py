@@ -338,7 +338,11 @@ class TierStore:
                 for other_id, other in list(self._maps.items()):
                     if other_id != blob_id and not self._still_current(other_id, other):
                         self._forget(other_id)
-            while self._mapped_bytes > _MAP_BYTES or len(self._maps) > _MAP_COUNT:
+            # The mapping just made is last and is never dropped here: its view is about to
+            # be returned (one larger than the whole budget stays alone until the next).
+            while (self._mapped_bytes > _MAP_BYTES or len(self._maps) > _MAP_COUNT) and len(
+                self._maps
+            ) > 1:
                 self._forget(next(iter(self._maps)))
 
     def _still_current(self, blob_id: str, mapping: _Mapping) -> bool:
