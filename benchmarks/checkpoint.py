@@ -137,10 +137,11 @@ def cache_config(root: Path, args: argparse.Namespace) -> Iterator[dict[str, Any
 
 
 def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
-    """Every measurement, in one run. Saves and warm restores go in pairs (local, then
-    tiercache) ``--repeat`` times: on a shared machine each pair's ratio is the signal, the
-    median of the pairs the figure. s3fs's uploads and the cold restores, minutes each at a
-    capped link, are measured once."""
+    """Every measurement, in one run. Saves go in pairs (local, then tiercache) ``--repeat``
+    times, warm restores ``--load-repeat`` times, right after the saves (both copies just
+    written, as when a job restarts from its last checkpoint): on a shared machine each
+    pair's ratio is the signal, the median of the pairs the figure. s3fs's uploads and the
+    cold restores, minutes each at a capped link, are measured once, after."""
     import s3fs
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
@@ -196,10 +197,11 @@ def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
                 started = time.perf_counter()
                 local_save(target)
                 record(f"local_{kind}save", time.perf_counter() - started)
-                if r and suffix:  # one local copy of each kind is kept for the restores
-                    target.unlink()
-                elif r:
-                    shutil.rmtree(target, ignore_errors=True)
+                if r + 1 < args.repeat:  # the last local copy of each kind is kept for restores
+                    if suffix:
+                        target.unlink()
+                    else:
+                        shutil.rmtree(target, ignore_errors=True)
                 started = time.perf_counter()
                 tc_save(f"{bucket}/tc-{kind}{r}{suffix}")
                 record(f"tiercache_{kind}save", time.perf_counter() - started)
@@ -207,20 +209,10 @@ def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
                 record(f"tiercache_{kind}durable", time.perf_counter() - started)
                 assert not left, left
 
-        def save_s3fs() -> None:
-            with plain.open(f"{bucket}/s3fs/ckpt.pt", "wb") as f:
-                torch.save(state, f)
-
-        def dcp_s3fs() -> None:
-            writer = FsspecWriter(f"s3://{bucket}/s3fs-dcp", **options)
-            dcp.save(state, storage_writer=writer, no_dist=True)
-
-        record("s3fs_save", timed(save_s3fs))
-        record("s3fs_dcp_save", timed(dcp_s3fs))
-
         # -- restores: warm (this node wrote it) in pairs, then cold once ----------------------
-        local, tc = root / "local-0.pt", f"{bucket}/tc-0.pt"
-        tc_dcp = f"tiercache::s3://{bucket}/tc-dcp_0"
+        last = args.repeat - 1  # the checkpoints written last, as a restarting job reads
+        local, tc = root / f"local-{last}.pt", f"{bucket}/tc-{last}.pt"
+        tc_dcp = f"tiercache::s3://{bucket}/tc-dcp_{last}"
 
         def load_local() -> None:
             assert same(torch.load(local, weights_only=True), state)
@@ -241,13 +233,25 @@ def run(args: argparse.Namespace, endpoint: str, root: Path) -> dict[str, Any]:
 
             return go
 
-        for _ in range(args.repeat + 1):  # the first pair maps files in; all are kept
+        for _ in range(args.load_repeat + 1):  # the first pair maps files in; all are kept
             gc.collect()
             record("local_load", timed(load_local))
             record("tiercache_warm_load", timed(load_tc))
-            record("local_dcp_load", timed(dcp_load(FileSystemReader(str(root / "local-dcp_0")))))
+            local_dcp = FileSystemReader(str(root / f"local-dcp_{last}"))
+            record("local_dcp_load", timed(dcp_load(local_dcp)))
             record("tiercache_warm_dcp_load", timed(dcp_load(FsspecReader(tc_dcp, **dcp_options))))
         out["warm_entries"] = fs.stats()["tiers"]["ssd"]["entries"]
+
+        def save_s3fs() -> None:
+            with plain.open(f"{bucket}/s3fs/ckpt.pt", "wb") as f:
+                torch.save(state, f)
+
+        def dcp_s3fs() -> None:
+            writer = FsspecWriter(f"s3://{bucket}/s3fs-dcp", **options)
+            dcp.save(state, storage_writer=writer, no_dist=True)
+
+        record("s3fs_save", timed(save_s3fs))
+        record("s3fs_dcp_save", timed(dcp_s3fs))
 
         fs.cache.engine_call("clear")
         drop_page_cache()
@@ -322,7 +326,8 @@ def main() -> int:
     p.add_argument("--server", choices=("moto", "s3rver"), default="moto")
     p.add_argument("--part-size", default="32MiB")
     p.add_argument("--upload-concurrency", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=3, help="pairs of saves and of warm restores")
+    p.add_argument("--repeat", type=int, default=2, help="pairs of saves")
+    p.add_argument("--load-repeat", type=int, default=5, help="pairs of warm restores")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--dir", default=None, help="where local copies and the cache go (a disk)")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
