@@ -21,10 +21,17 @@ def _tc(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def capped_origin(port: int, rate_mbit: float, dev: str = "lo") -> Iterator[None]:
+def capped_origin(
+    port: int, rate_mbit: float, dev: str = "lo", *, uploads: bool = False
+) -> Iterator[None]:
     """Cap what the server on ``port`` sends to ``rate_mbit``, for the ``with`` body.
 
-    ``dev``: the interface its answers leave by (``lo``; the bridge of namespace nodes)."""
+    ``dev``: the interface its answers leave by (``lo``; the bridge of namespace nodes).
+    ``uploads``: cap what is sent *to* it as well, at the same rate in a class of its own
+    (a link is full duplex: reads and writes do not share one budget), and give both
+    classes a short queue (64 packets; ``lo``'s default of 1000 packets of 64 KiB holds
+    seconds of data at these rates, so a small request would wait behind every upload
+    queued before it; this kernel has no fair-queueing qdisc to do better)."""
     if shutil.which("tc") is None:
         raise SystemExit("--origin-mbit needs the tc command (Debian: apt-get install iproute2)")
     try:
@@ -41,6 +48,14 @@ def capped_origin(port: int, rate_mbit: float, dev: str = "lo") -> Iterator[None
             "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k")  # fmt: skip
         _tc("filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
             "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20")  # fmt: skip
+        if uploads:
+            _tc("class", "add", "dev", dev, "parent", "1:", "classid", "1:21", "htb",
+                "rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k")  # fmt: skip
+            _tc("filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "2",
+                "u32", "match", "ip", "dport", str(port), "0xffff", "flowid", "1:21")  # fmt: skip
+            for leaf in ("20", "21"):
+                _tc("qdisc", "add", "dev", dev, "parent", f"1:{leaf}", "handle", f"{leaf}:",
+                    "pfifo", "limit", "64")  # fmt: skip
         yield
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):

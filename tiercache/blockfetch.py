@@ -89,6 +89,13 @@ class BlockFetcher:
         if current is not None and current.version == obj.version and current.crcs is None:
             self.records.put(current.verified(crcs))
 
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s record and its blocks, if it is read as blocks."""
+        old = self.records.get(key)
+        if old is not None:
+            self.records.delete(key)
+            self._drop_blocks(old)
+
     def _drop_blocks(self, obj: ObjectRecord) -> None:
         for index in range(obj.blocks):
             self.engine.invalidate(obj.block_key(index))

@@ -43,6 +43,8 @@ from .security import ensure_private_dir
 from .service import live_service
 from .tiers.store import Buffer, CorruptBlobError, TierStore
 from .verified import VerifiedTable
+from .write.reads import staged_blob
+from .write.staging import Staging
 
 if TYPE_CHECKING:
     from .blockread import BlockReader
@@ -82,6 +84,8 @@ class Cache:
             refuse_network(config.index_path, "index.path")
             for tier in config.tiers:
                 refuse_network(tier.path, f"tier {tier.name!r} path")
+            if config.write is not None and config.write.enabled:
+                refuse_network(config.write.path, "write.path")
         self.pid = os.getpid()
         self.index = Index(config.index_path, config.tier_names)
         self.stores = [TierStore(t) for t in config.tiers]
@@ -102,6 +106,12 @@ class Cache:
         self._origins: Bounded[bytes, Origin] = Bounded(64)
         self._blocks: BlockReader | None = None
         self._trace_fd = -1
+        #: The write tier (``tiercache.write``): staged files and their journal; None when
+        #: writes are off.
+        self.staging: Staging | None = None
+        if config.write is not None and config.write.enabled:
+            self.staging = Staging(config.write, owner=str(config.index_path))
+        self.verify_staged = self._always_verify[-1]
         if config.trace is not None:
             # Private like every cache path; never through a symlink someone planted.
             ensure_private_dir(config.trace.parent)
@@ -119,12 +129,15 @@ class Cache:
             reader = self._blocks = BlockReader(self)
         return reader
 
-    def locate(self, origin: Origin, path: str) -> Blob:
+    def locate(self, origin: Origin, path: str, *, pending: bool = True) -> Blob:
         """Find ``path`` in a tier, fetching it on a miss; counts one request.
 
         Always returns a verified blob or raises: FileNotFoundError for a missing object,
         OriginError when the origin is unreachable and nothing is cached, and
-        :class:`~tiercache.blocks.LargeObject` for an object read as blocks.
+        :class:`~tiercache.blocks.LargeObject` for an object read as blocks. ``pending``:
+        this node's writes not yet at the origin count (``tiercache.write.reads``). A write
+        drops the key's entry when it is acknowledged, so only a key with no entry can have
+        one: hits never look at the write journal.
         """
         key = origin.key(path)
         started = time.perf_counter()
@@ -132,6 +145,10 @@ class Cache:
         try:
             for _ in range(4):
                 entry = self.index.get(key)
+                if entry is None and not missed and pending and self.staging is not None:
+                    staged = staged_blob(self, origin, path, key)
+                    if staged is not None:
+                        return staged
                 if entry is not None and (missed or self._fresh(origin, path, key, entry)):
                     blob = self._open_blob(entry)
                     if blob is not None:
@@ -421,7 +438,9 @@ class Cache:
     def _become_engine(self, lock_fd: int) -> None:
         os.set_inheritable(lock_fd, False)
         self._lock_fd = lock_fd
-        self._engine = Engine(self.config, self.index, self.stores, self.counters, self.verified)
+        self._engine = Engine(
+            self.config, self.index, self.stores, self.counters, self.verified, self.staging
+        )
         self._server = EngineServer(self.config.index_path / "engine.sock", self._serve)
         log.debug("process %d is the engine for %s", os.getpid(), self.config.index_path)
 
@@ -490,6 +509,24 @@ class Cache:
             for blob_id, tier, size in header["records"]:
                 engine.record_access(blob_id, tier, size)
             return None
+        if op == "uploads":  # a writer staged something: the uploader looks now
+            if engine.uploader is not None:
+                engine.uploader.wake()
+            return None
+        if op == "upload_early":  # a writer has more whole parts of a file still open
+            if engine.uploader is not None:
+                engine.uploader.early(
+                    header["token"], header["key"], header["path"], header["origin"],
+                    header["written"],
+                )  # fmt: skip
+            return None
+        if op == "upload_abandon":
+            if engine.uploader is not None:
+                engine.uploader.abandon(header["token"])
+            return None
+        if op == "uploads_retry":
+            retried = engine.uploader.retry_failed() if engine.uploader is not None else 0
+            return {"status": "ok", "retried": retried}, b""
         if op == "invalidate":
             engine.invalidate(header["key"])
             return {"status": "ok"}, b""
@@ -548,6 +585,25 @@ class Cache:
         self._resign(wait=wait)
         self._link.reset()
 
+    def drain_uploads(self) -> None:
+        """At exit, in the process that runs the engine: wait (up to ``[write]
+        exit_wait_seconds``) for pending uploads, so that a job's last checkpoint is in the
+        origin when it ends. Whatever is left stays staged; the next engine resumes it."""
+        engine = self._engine if self.pid == os.getpid() else None
+        write = self.config.write
+        if engine is None or engine.uploader is None or write is None:
+            return
+        if not write.exit_wait_seconds:
+            return
+        with contextlib.suppress(Exception):
+            left = engine.uploader.wait_idle(write.exit_wait_seconds, progress=True)
+            if left:
+                log.warning(
+                    "exiting with %d write(s) not yet at the origin; they stay staged in %s "
+                    "and the next engine (any process opening this cache, or `tiercache "
+                    "engine`) uploads them", len(left), write.path,
+                )  # fmt: skip
+
     def _after_fork(self) -> None:
         """Runs in a forked child: drop everything that belongs to the parent."""
         if self.pid == os.getpid():
@@ -557,6 +613,8 @@ class Cache:
         for store in self.stores:
             store.abandon()
         self.counters.after_fork()
+        if self.staging is not None:
+            self.staging.abandon()
         self._link.forget()
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):
@@ -648,6 +706,7 @@ def close_all() -> None:
     """Close every cache this process opened (engine hand-over happens on exit too)."""
     with _CACHES_LOCK:
         for cache in list(_CACHES.values()):
+            cache.drain_uploads()
             cache.close()
         _CACHES.clear()
 

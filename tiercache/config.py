@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .localfs import mount_of, user_cache_home
 from .sizes import parse_size
+from .write.settings import WriteConfig, parse_write
 
 if TYPE_CHECKING:
     from .cluster.settings import ClusterConfig
@@ -131,6 +132,8 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     origin: OriginConfig = field(default_factory=OriginConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: The write tier (``[write]``); None only for a Config built by hand: writes refused.
+    write: WriteConfig | None = None
     #: If set, every access is appended here as JSON lines (``tiercache simulate`` reads it).
     trace: Path | None = None
     #: ``[cluster]``: engines on other nodes this one pools its tiers with (None: alone).
@@ -221,6 +224,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
     trace = reader.pop("trace", str, default="")
     cluster = _cluster_section(reader)
     allow_network_fs = reader.pop("allow_network_fs", bool, default=False)
+    write = parse_write(reader, tiers)
     reader.done()
     return Config(
         tiers=tiers,
@@ -231,6 +235,7 @@ def parse_config(data: dict[str, Any], *, origin: str = "<dict>") -> Config:
         admission=admission,
         origin=origin_cfg,
         metrics=metrics,
+        write=write,
         trace=_path(trace, "trace") if trace else None,
         cluster=cluster,
         source=origin,

@@ -81,6 +81,18 @@ ORIGIN_OPS = ("get", "head", "list")
 ORIGIN_STATUSES = ("ok", "not_found", "error")
 #: Histogram buckets of origin read latency (seconds, upper bounds; +Inf is implied).
 ORIGIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Counters of the write tier (``tiercache.write``); slots after the peer slots, so
+#: adding them moved no older slot.
+WRITE = (
+    "uploads",  # journal operations carried to the origin (puts verified, deletes, copies)
+    "uploaded_bytes",  # bytes of files verified durable at the origin
+    "upload_part_bytes",  # bytes the origin acknowledged (parts and whole puts; resends too)
+    "upload_failures",  # operations the origin refused for good (each time)
+    "upload_retries",  # attempts that failed and were retried
+    "staged_reads",  # reads served from staged files not yet uploaded
+)
+#: Histogram buckets of upload time (seconds from the first attempt to verified).
+UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
 #: Per-peer counters for ``tiercache_peer_*`` metrics: a peer is its position in the cluster's
 #: sorted member list; members past the last slot share it (label "other").
@@ -106,6 +118,11 @@ for _p in range(PEER_SLOTS):
     for _name in PEER_DIRECTIONS:
         _SLOT[f"peer_bytes:{_p}:{_name}"] = _base
         _base += 1
+for _i, _name in enumerate(WRITE + ("upload_seconds_ns",)):
+    _SLOT[_name] = _base + _i
+_base += len(WRITE) + 1
+for _i in range(len(UPLOAD_BUCKETS) + 1):
+    _SLOT[f"upload_bucket:{_i}"] = _base + _i
 assert len(_SLOT) <= SLOTS
 
 
@@ -169,6 +186,14 @@ class Counters:
                 self.add(f"origin_bucket:{i}")
                 return
         self.add(f"origin_bucket:{len(ORIGIN_BUCKETS)}")
+
+    def observe_upload_seconds(self, seconds: float) -> None:
+        self.add("upload_seconds_ns", int(seconds * 1e9))
+        for i, bound in enumerate(UPLOAD_BUCKETS):
+            if seconds <= bound:
+                self.add(f"upload_bucket:{i}")
+                return
+        self.add(f"upload_bucket:{len(UPLOAD_BUCKETS)}")
 
     def snapshot(self) -> list[int]:
         """The node-wide sum of every slot.

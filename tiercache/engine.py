@@ -52,6 +52,8 @@ from .startup import start_up
 from .tiers.store import BlobMeta, Buffer, CorruptBlobError, Staged, TierStore
 from .unstored import Held, Unstored
 from .verified import VerifiedTable
+from .write.staging import Staging
+from .write.uploader import Uploader
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -79,6 +81,7 @@ class Engine:
         stores: list[TierStore],
         counters: Counters,
         verified: VerifiedTable,
+        staging: Staging | None = None,
     ) -> None:
         self.config = config
         self.verified = verified
@@ -127,6 +130,8 @@ class Engine:
         self._housekeeper.start()
         if self.cluster is not None:
             self.cluster.start()
+        #: Carries the write tier's journal to the origin (``tiercache.write.uploader``).
+        self.uploader = Uploader(self, staging) if staging is not None else None
 
     # -- start-up -----------------------------------------------------------------------------
     def _start_up(self) -> None:
@@ -329,7 +334,7 @@ class Engine:
             with self._lock:
                 self._staging[tier] -= len(stored)
                 entry = None
-                if staged is not None:
+                if staged is not None and not self._shadowed(key):
                     entry = self._place(tier, key, staged, held)
                 else:
                     self.counters.add("bypass_full", tier=tier)
@@ -347,11 +352,13 @@ class Engine:
         key: str,
         staged: Staged,
         held: Held,
+        logical_size: int | None = None,
     ) -> Entry | None:
         """Publish a staged blob into ``tier``, evicting (demoting) what must make room.
 
         Returns None when the tier cannot take it (disk full, policy changed its mind); the
-        caller discards the staged bytes and tries the next tier.
+        caller discards the staged bytes and tries the next tier. ``logical_size``: the
+        object's size when its bytes are not in ``held`` (an adopted file).
         """
         store, policy = self.stores[tier], self.policies[tier]
         blob_id, size = staged.blob_id, staged.meta.stored_size
@@ -375,8 +382,8 @@ class Engine:
                 return None
             raise
         entry = Entry(
-            key, tier, len(held.data), meta, held.version, time.time(), 0, blob_id,
-            held.fetched_at,
+            key, tier, len(held.data) if logical_size is None else logical_size, meta, held.version,
+            time.time(), 0, blob_id, held.fetched_at,
         )  # fmt: skip
         try:
             with self.index.write() as w:
@@ -592,10 +599,56 @@ class Engine:
             self.policies[old.tier].remove(blob_id)
             self.stores[old.tier].delete(blob_id, old.blob)
 
+    def _shadowed(self, key: str, own: int = 0) -> bool:
+        """A write to ``key`` newer than what is being placed is staged on this node: its
+        staged copy is what readers get until it is uploaded (``tiercache.write``), and
+        an entry must not hide it. Checked under the engine lock, where a writer's
+        ``invalidate`` (sent after its journal commit) serialises with placements."""
+        return self.uploader is not None and self.uploader.pending_seq(key) not in (None, own)
+
+    def adopt(
+        self, key: str, source: Path, size: int, crc32: int, version: str, seq: int = 0
+    ) -> Entry | None:
+        """A file this node wrote, now verified at the origin: make it an ordinary entry of
+        the slowest tier, under that tier's policy (linked there, not copied, when the tier
+        stores it as is on the same filesystem). Returns None when the tier declines it
+        (or a later write, ``seq`` being this one's, is pending); either way, no older copy
+        of ``key`` stays cached."""
+        tier = len(self.stores) - 1
+        store, blob_id = self.stores[tier], blob_id_for(key)
+        self._unstored.drop(key)
+        self._mover.wait_room(tier)
+        with self._lock:
+            self._drop(blob_id)
+            if not self.policies[tier].admit(blob_id, size):
+                self.counters.add("not_admitted")
+                return None
+            self._staging[tier] += size
+        try:  # the slow part, unlocked: a link, or a copy (compressed tiers, other disks)
+            staged = store.stage_from_file(blob_id, source, size, crc32)
+        finally:
+            with self._lock:
+                self._staging[tier] -= size
+        held = Held(b"", version, time.time(), crc32)  # the bytes stay on disk
+        with self._lock:
+            entry = None
+            if not self._shadowed(key, seq):
+                entry = self._place(tier, key, staged, held, logical_size=size)
+        if entry is None:
+            staged.discard()
+        else:
+            self.counters.add("admissions", tier=tier)
+        return entry
+
     def invalidate(self, key: str) -> None:
-        """Forget a key (checksum failure, changed at the origin); the next read refetches."""
+        """Forget a key (checksum failure, changed at the origin, written or deleted on this
+        node); the next read refetches. A large object's record goes too, with its blocks:
+        kept, it would serve the old bytes until the next validation."""
+        from .blockfetch import fetcher_for
+
         self._unstored.drop(key)
         self._drop(blob_id_for(key))
+        fetcher_for(self).forget(key)
 
     # -- maintenance ------------------------------------------------------------------------------
     def verify(self, repair: bool = False) -> dict[str, object]:
@@ -824,6 +877,8 @@ class Engine:
         self._stop.set()
         if self.cluster is not None:
             self.cluster.close()
+        if self.uploader is not None:
+            self.uploader.close()
         self._prefetch.stop()
         deadline = time.monotonic() + 30
         while wait and self._inflight and time.monotonic() < deadline:

@@ -28,10 +28,13 @@ from .cache import Blob, Cache, open_cache
 from .config import Config, load_config
 from .largefile import LargeFile, ReadOnlyFile
 from .origin import Origin, OriginError
+from .write.files import StagedFile
+from .write.fsops import WriteOps
 
 
-class TierCacheFileSystem(ChainedFileSystem):
-    """A read-only view of an origin filesystem, served through the node's cache tiers."""
+class TierCacheFileSystem(WriteOps, ChainedFileSystem):
+    """An origin filesystem served through the node's cache tiers; writes are staged on
+    local disk and uploaded in the background (``tiercache.write``)."""
 
     protocol = "tiercache"
 
@@ -118,13 +121,10 @@ class TierCacheFileSystem(ChainedFileSystem):
         autocommit: bool = True,
         cache_options: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> TierCacheFile | LargeFile:
-        if mode != "rb":
-            raise PermissionError(
-                f"tiercache is read-only: cannot open {path!r} with mode {mode!r}; "
-                "write to the origin directly"
-            )
+    ) -> TierCacheFile | LargeFile | StagedFile:
         path = self._strip_protocol(path)
+        if mode != "rb":
+            return self._open_write(path, mode, autocommit)
         try:
             return TierCacheFile(self, path, self.cache.locate(self.origin, path))
         except LargeObject as large:  # returns at once; blocks are fetched as it is read
@@ -136,10 +136,14 @@ class TierCacheFileSystem(ChainedFileSystem):
         try:
             listing = self.origin.ls(path, max_age=0 if kwargs.get("refresh") else None)
         except (NotADirectoryError, FileNotFoundError):
-            info = self.info(path)
-            if info["type"] != "file":
-                raise
-            listing = [info]
+            listing = self._with_writes(path, None)  # a directory only this node wrote to
+            if listing is None:
+                info = self.info(path)
+                if info["type"] != "file":
+                    raise
+                listing = [info]
+        else:
+            listing = self._with_writes(path, listing)
         if not listing:
             # Object stores list a file as itself or as nothing; fsspec expects [info].
             info = self.info(path)
@@ -148,6 +152,9 @@ class TierCacheFileSystem(ChainedFileSystem):
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         path = self._strip_protocol(path)
+        staged = self._staged_info(path)  # this node's writes, ahead of the origin
+        if staged is not None:
+            return staged
         parent = posixpath.dirname(path.rstrip("/"))
         try:
             if parent and parent != path:
@@ -156,6 +163,8 @@ class TierCacheFileSystem(ChainedFileSystem):
                     return item
             return self.origin.call("info", path, lambda: self.fs.info(path))
         except (OriginError, FileNotFoundError):
+            if self._pending_children(path):
+                return {"name": path, "size": 0, "type": "directory"}
             key = self.origin.key(path)
             known = self.cache.index.get(key) or self.cache.blocks.records.get(key)
             if known is None:
@@ -167,11 +176,7 @@ class TierCacheFileSystem(ChainedFileSystem):
         self.origin.forget_listings()
         self.fs.invalidate_cache(path)
 
-    # -- writes: refused --------------------------------------------------------------------------
-    def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise PermissionError("tiercache is read-only; write to the origin directly")
-
-    rm_file = rm = mkdir = makedirs = rmdir = mv = cp_file = pipe_file = touch = _refuse
+    # Writes (open "wb", pipe_file, put_file, rm, mv, touch, sync, transactions): WriteOps.
 
     # -- cache control ----------------------------------------------------------------------------
     def hint(

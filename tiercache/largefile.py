@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .blockread import Ahead
 from .blocks import ObjectRecord
 from .origin import OriginChangedError
+from .write.files import seek_position
 
 if TYPE_CHECKING:
     from .fs import TierCacheFileSystem
@@ -50,10 +51,7 @@ class ReadOnlyFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self.path}")
-        self._pos = base + offset
+        self._pos = seek_position(self._pos, self.size, offset, whence, self.path)
         return self._pos
 
     def info(self) -> dict[str, Any]:

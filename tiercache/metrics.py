@@ -43,9 +43,10 @@ from .counters import (
     PEER_DIRECTIONS,
     PEER_RESULTS,
     PEER_SLOTS,
+    UPLOAD_BUCKETS,
     slot,
 )
-from .stats import report
+from .stats import pending, report
 
 #: Why an entry left a tier for good (``tiercache_evictions_total{reason}``) -> counter.
 EVICTION_REASONS = {
@@ -67,7 +68,7 @@ class CacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         cache = self.cache
         counts = cache.counters.snapshot()  # one snapshot: every metric of a scrape agrees
-        out = families(cache.config, counts, cache.index.totals())
+        out = families(cache.config, counts, cache.index.totals(), pending(cache))
         live = GaugeMetricFamily(
             "tiercache_processes",
             "Live processes that have read through this cache (each keeps a counter file); "
@@ -78,9 +79,15 @@ class CacheCollector(Collector):
         return iter(out)
 
 
-def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> list[Metric]:
-    """Every metric family, from one counters snapshot and the index's per-tier totals."""
-    stats = report(config, counts, totals)
+def families(
+    config: Config,
+    counts: list[int],
+    totals: dict[str, dict[str, int]],
+    uploads: dict[str, Any] | None = None,
+) -> list[Metric]:
+    """Every metric family, from one counters snapshot, the index's per-tier totals and
+    the write journal's summary (``uploads``)."""
+    stats = report(config, counts, totals, uploads)
     names = config.tier_names
     last = names[-1]
     out: list[Metric] = []
@@ -196,18 +203,14 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
             for status in ORIGIN_STATUSES
         ],
     )
-    cumulative, buckets = 0, []
-    for i, bound in enumerate(ORIGIN_BUCKETS):
-        cumulative += counts[slot(f"origin_bucket:{i}")]
-        buckets.append((floatToGoString(bound), cumulative))
-    cumulative += counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]
-    buckets.append(("+Inf", cumulative))
     out.append(
-        HistogramMetricFamily(
+        histogram(
             "tiercache_origin_seconds",
             "Latency of whole-object origin reads.",
-            buckets=buckets,
-            sum_value=origin["seconds"],
+            counts,
+            "origin_bucket",
+            ORIGIN_BUCKETS,
+            origin["seconds"],
         )
     )
     counter(
@@ -273,6 +276,80 @@ def families(config: Config, counts: list[int], totals: dict[str, dict[str, int]
     )
     if config.cluster is not None:
         out.extend(peer_families(config, counts))
+    out.extend(upload_families(stats["uploads"], counts))
+    return out
+
+
+def histogram(
+    name: str, doc: str, counts: list[int], slot_name: str, bounds: tuple[float, ...], total: float
+) -> Metric:
+    """A histogram family from per-bucket counter slots (``<slot_name>:<i>``, +Inf last)."""
+    cumulative, buckets = 0, []
+    for i, bound in enumerate(bounds):
+        cumulative += counts[slot(f"{slot_name}:{i}")]
+        buckets.append((floatToGoString(bound), cumulative))
+    cumulative += counts[slot(f"{slot_name}:{len(bounds)}")]
+    buckets.append(("+Inf", cumulative))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+def upload_families(uploads: dict[str, Any], counts: list[int]) -> list[Metric]:
+    """The write tier's metrics: what waits to reach the origin, what did, what failed."""
+    gauges = (
+        (
+            "tiercache_upload_pending_bytes",
+            "Bytes written on this node and not yet durable at the origin (failed included).",
+            uploads.get("pending_bytes", 0) + uploads.get("failed_bytes", 0),
+        ),
+        (
+            "tiercache_upload_pending_files",
+            "Writes, deletes and renames not yet at the origin (failed ones not included).",
+            uploads.get("pending_files", 0),
+        ),
+        (
+            "tiercache_upload_failed_files",
+            "Operations the origin refused for good: kept staged, retried every 5 minutes.",
+            uploads.get("failed_files", 0),
+        ),
+        (
+            "tiercache_upload_oldest_pending_seconds",
+            "Age of the oldest write not yet at the origin (0: none).",
+            uploads.get("oldest_pending_seconds", 0.0),
+        ),
+    )
+    counters = (
+        (
+            "tiercache_uploaded_bytes",
+            "Bytes of files verified durable at the origin.",
+            uploads["uploaded_bytes"],
+        ),
+        (
+            "tiercache_upload_failures",
+            "Uploads the origin refused for good (403, a missing bucket), each time.",
+            uploads["upload_failures"],
+        ),
+        (
+            "tiercache_upload_retries",
+            "Upload requests that failed and were retried (network, throttling, 5xx).",
+            uploads["upload_retries"],
+        ),
+    )
+    out: list[Metric] = []
+    for kind, table in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+        for name, doc, value in table:
+            family = kind(name, doc)
+            family.add_metric([], value)
+            out.append(family)
+    out.append(
+        histogram(
+            "tiercache_upload_seconds",
+            "Time from an upload's first attempt until it was verified at the origin.",
+            counts,
+            "upload_bucket",
+            UPLOAD_BUCKETS,
+            uploads["seconds"],
+        )
+    )
     return out
 
 

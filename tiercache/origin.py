@@ -369,6 +369,11 @@ class Origin:
                 self._listings[path] = (0.0, saved["listing"])
             return self._listings[path]
 
+    def listed_at(self, path: str) -> float:
+        """When (``time.monotonic``) this process last listed directory ``path`` (0: never)."""
+        cached = self._listings.get(self.strip(path).rstrip("/"))
+        return cached[0] if cached else 0.0
+
     def listed(self, path: str, max_age: float | None = None) -> dict[str, Any] | None:
         """The info of ``path`` from its parent's listing (None: not there).
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from .cache import Cache
 from .config import Config
-from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, slot
+from .counters import ORIGIN_BUCKETS, ORIGIN_OPS, ORIGIN_STATUSES, UPLOAD_BUCKETS, slot
 
 
 def collect(cache: Cache) -> dict[str, Any]:
@@ -15,10 +15,21 @@ def collect(cache: Cache) -> dict[str, Any]:
     Reads only shared state (counter files, the index), never asks the engine, so a
     monitoring process never becomes the engine just by looking.
     """
-    return report(cache.config, cache.counters.snapshot(), cache.index.totals())
+    return report(cache.config, cache.counters.snapshot(), cache.index.totals(), pending(cache))
 
 
-def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]]) -> dict[str, Any]:
+def pending(cache: Cache) -> dict[str, Any] | None:
+    """What the write tier's journal holds now (None: writes are off)."""
+    journal = cache.staging.existing_journal() if cache.staging is not None else None
+    return journal.summary() if journal is not None else None
+
+
+def report(
+    config: Config,
+    counts: list[int],
+    totals: dict[str, dict[str, int]],
+    uploads: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The report from one counters snapshot and the index totals.
 
     Split from :func:`collect` so the Prometheus exporter builds every metric of a scrape
@@ -69,10 +80,7 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
             "heads": g("origin_heads"),
             "lists": g("origin_lists"),
             "seconds": g("origin_seconds_ns") / 1e9,
-            "latency_buckets": {
-                str(b): counts[slot(f"origin_bucket:{i}")] for i, b in enumerate(ORIGIN_BUCKETS)
-            }
-            | {"+Inf": counts[slot(f"origin_bucket:{len(ORIGIN_BUCKETS)}")]},
+            "latency_buckets": _buckets(counts, "origin_bucket", ORIGIN_BUCKETS),
             "requests": {
                 op: {status: g(f"origin_{op}_{status}") for status in ORIGIN_STATUSES}
                 for op in ORIGIN_OPS
@@ -91,6 +99,17 @@ def report(config: Config, counts: list[int], totals: dict[str, dict[str, int]])
         "read_verifications": g("read_verifications"),
         "stale_refetches": g("stale_refetches"),
         "data_wait_seconds": g("data_wait_ns") / 1e9,
+        "uploads": {
+            **(uploads or {"pending_files": 0, "pending_bytes": 0, "failed_files": 0}),
+            "uploads": g("uploads"),
+            "uploaded_bytes": g("uploaded_bytes"),
+            "sent_bytes": g("upload_part_bytes"),
+            "upload_failures": g("upload_failures"),
+            "upload_retries": g("upload_retries"),
+            "staged_reads": g("staged_reads"),
+            "seconds": g("upload_seconds_ns") / 1e9,
+            "latency_buckets": _buckets(counts, "upload_bucket", UPLOAD_BUCKETS),
+        },
     }
     if config.cluster is not None:
         out["cluster"] = cluster_report(config, g)
@@ -113,3 +132,10 @@ def cluster_report(config: Config, g: Any) -> dict[str, Any]:
         "peers_up": sum(1 for m in others if m.get("up")),
         "self": state.get("self"),
     }
+
+
+def _buckets(counts: list[int], name: str, bounds: tuple[float, ...]) -> dict[str, int]:
+    """A histogram's per-bucket counts (not cumulative) by upper bound, ``+Inf`` last."""
+    out = {str(b): counts[slot(f"{name}:{i}")] for i, b in enumerate(bounds)}
+    out["+Inf"] = counts[slot(f"{name}:{len(bounds)}")]
+    return out

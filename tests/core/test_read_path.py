@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import S3, put_objects
+from tests.conftest import S3, make_config, put_objects
 
 
 @pytest.fixture
@@ -101,11 +101,24 @@ def test_missing_object_names_the_path(tcfs: Any, bucket: str, objects: dict[str
         tcfs.open(f"{bucket}/no/such/object")
 
 
-def test_read_only(tcfs: Any, bucket: str, objects: dict[str, bytes]) -> None:
-    with pytest.raises(PermissionError, match="read-only"):
-        tcfs.open(f"{bucket}/x", "wb")
-    with pytest.raises(PermissionError, match="read-only"):
-        tcfs.rm(f"{bucket}/empty")
+def test_writes_refused_with_the_write_tier_off(
+    cache_dirs: dict[str, Any], s3_server: S3, bucket: str, objects: dict[str, bytes]
+) -> None:
+    """``[write] mode = "read-only"`` keeps the old behaviour: every write is refused with
+    an error naming the setting, and nothing reaches the origin."""
+    from tiercache import TierCacheFileSystem
+
+    config = make_config(cache_dirs, write={"mode": "read-only"})
+    fs = TierCacheFileSystem(config=config, target_protocol="s3", target_options=s3_server.options)
+    with pytest.raises(PermissionError, match='mode = "read-only"'):
+        fs.open(f"{bucket}/x", "wb")
+    with pytest.raises(PermissionError, match='mode = "read-only"'):
+        fs.rm(f"{bucket}/empty")
+    with pytest.raises(PermissionError, match='mode = "read-only"'):
+        fs.mv(f"{bucket}/empty", f"{bucket}/moved")
+    assert fs.cat_file(f"{bucket}/empty") == objects["empty"]
+    keys = [o["Key"] for o in s3_server.client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert "x" not in keys and "moved" not in keys
 
 
 def test_hit_and_miss_counting(

@@ -242,3 +242,21 @@ def test_promotion_can_be_switched_off(
         fs.cache.engine._housekeeping_once()
     assert fs.cache.index.get(f"s3://{bucket}/np/0").tier == 1
     assert fs.stats()["tiers"]["ssd"]["promotions"] == 0
+
+
+def test_an_object_larger_than_the_mapping_budget_is_read(
+    cache_dirs: dict[str, Path], s3_server: S3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process keeps at most ``_MAP_BYTES`` of blob mappings; one blob larger than that
+    (a checkpoint of several GiB) must still be mapped and read, not dropped before its
+    view is handed out."""
+    from tiercache.tiers import store
+
+    monkeypatch.setattr(store, "_MAP_BYTES", MiB)
+    objs = {"big": os.urandom(3 * MiB), "other": os.urandom(2 * MiB)}
+    put_objects(s3_server, bucket, objs)
+    fs = fs_for(cache_dirs, s3_server, ram=8 * MiB, ssd=16 * MiB)
+    for _ in range(2):  # a miss, then hits from the RAM tier's shared mapping
+        for key, body in objs.items():
+            with fs.open(f"{bucket}/{key}") as f:
+                assert f.read() == body

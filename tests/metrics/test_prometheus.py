@@ -196,7 +196,17 @@ def test_prometheus_sees_the_workloads_hits_and_misses(
             return rules if rules and all(r["health"] == "ok" for r in rules) else None
 
         rules = wait_until(rules_healthy, 60, "the alert rules to evaluate")
-        assert len(rules) == 7
+        assert len(rules) == 9
+
+        # The write tier: a file written through the cache, uploaded, counted node-wide.
+        fs.pipe_file(f"{bucket}/w/written", b"w" * 1000)
+        assert fs.sync(timeout=60) == []
+        wait_until(
+            lambda: prom.scalar("sum(tiercache_uploaded_bytes_total)") == 1000,
+            60,
+            "a scrape after an upload",
+        )
+        assert prom.scalar("sum(tiercache_upload_pending_bytes)") == 0
 
 
 def test_docs_show_the_dashboards_queries() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Faults the proxy can inject.
-KINDS = ("status", "reset", "stall", "slow", "truncate", "alter", "lie", "hang")
+KINDS = ("status", "reset", "stall", "slow", "truncate", "alter", "lie", "hang", "cut", "strip")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
@@ -44,13 +44,19 @@ class Fault:
       ``alter``    flip bytes in the middle of the body, same length and headers;
       ``lie``      send ``fraction`` of the body with a Content-Length that matches it
                    (only a checksum can tell);
-      ``hang``     read the request and never answer (until the proxy closes).
+      ``hang``     read the request and never answer (until the proxy closes);
+      ``cut``      forward only ``fraction`` of the *request* body, with a Content-Length
+                   that matches it (an upload damaged on the way: only a checksum can tell);
+      ``strip``    forward the request without the headers whose names start with one of
+                   ``headers`` (comma-separated): an S3-compatible server that ignores them.
     """
 
     kind: str
     times: int | None = 1  # how many matching requests get the fault; None: all of them
     method: str | None = "GET"
     path: str | None = None  # substring of the URL-decoded request path
+    query: str | None = None  # substring of the raw query string ("partNumber=", "uploadId=")
+    headers: str = ""  # for "strip": lower-case header name prefixes, comma-separated
     skip: int = 0  # let this many matching requests through first
     status: int = 503
     code: str = "ServiceUnavailable"
@@ -61,8 +67,10 @@ class Fault:
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; one of {', '.join(KINDS)}")
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, query: str = "") -> bool:
         if self.method is not None and method != self.method:
+            return False
+        if self.query is not None and self.query not in query:
             return False
         return self.path is None or self.path in path
 
@@ -143,7 +151,7 @@ class FaultProxy:
         with self._lock:
             chosen = None
             for fault in self.faults:
-                if not fault.matches(method, path):
+                if not fault.matches(method, path, query):
                     continue
                 if fault.skip > 0:
                     fault.skip -= 1
@@ -217,8 +225,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if fault is not None and fault.kind == "slow":
             proxy._wait(fault.delay)
-        status, reason, headers, data = self._forward(body)
-        if fault is None or fault.kind == "slow" or self.command == "HEAD" or not data:
+        if fault is not None and fault.kind == "cut":
+            body = body[: int(len(body) * fault.fraction)]
+        strip = (
+            tuple(fault.headers.split(",")) if fault is not None and fault.kind == "strip" else ()
+        )
+        status, reason, headers, data = self._forward(body, strip)
+        if (
+            fault is None
+            or fault.kind in ("slow", "cut", "strip")
+            or self.command == "HEAD"
+            or not data
+        ):
             self._answer(status, reason, headers, data, len(data))
             return
         cut = int(len(data) * fault.fraction)
@@ -253,10 +271,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, body: bytes, strip: tuple[str, ...] = ()
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(*self.server.proxy.upstream, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in _HOP_BY_HOP and not (strip and k.lower().startswith(strip))
+            }
             if body or self.command in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
             conn.request(self.command, self.path, body=body or None, headers=headers)

@@ -50,6 +50,10 @@ HOSTILE = [
 ]
 #: What may exist in a tier directory: nothing is ever named after a key.
 ALLOWED = re.compile(r"^(blobs(/[0-9a-f]{2}(/[0-9a-f]{32})?)?|tmp|small\.lmdb(-lock)?)$")
+#: The write tier's staging: files are named by time, process and random bits, never keys.
+WRITE_ALLOWED = re.compile(
+    r"^write(/(journal\.lmdb(-lock)?|(open|data)(/[0-9a-f]+-[0-9]+-[0-9a-f]{8})?))?$"
+)
 
 
 @pytest.fixture
@@ -67,7 +71,11 @@ def sandbox(tmp_path: Path) -> Iterator[dict[str, Path]]:
 
 def _check_confined(base: Path, keys: list[str]) -> None:
     top = sorted(p.name for p in base.iterdir())
-    assert top == ["ram", "ssd"], top
+    assert top in (["ram", "ssd"], ["ram", "ssd", "ssd-write"]), top
+    write = base / "ssd-write"  # the write tier's staging, beside the last tier
+    for path in write.rglob("*") if write.exists() else ():
+        rel = "write/" + path.relative_to(write).as_posix()
+        assert WRITE_ALLOWED.match(rel), f"unexpected path in the write tier: {rel!r}"
     for root in (base / "ram", base / "ssd"):
         for path in root.rglob("*"):
             rel = path.relative_to(root).as_posix()
@@ -99,6 +107,25 @@ def test_hostile_keys_never_escape_the_tiers(sandbox: dict[str, Path], size: int
         assert fs.cat_file(path) == body
     engine = fs.cache.engine
     assert engine is not None and engine.verify()["ok"]
+    _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
+    assert not Path("/tmp/escaped").exists()
+
+
+def test_hostile_keys_written_never_escape_the_staging(sandbox: dict[str, Path]) -> None:
+    """Written through the write tier (staged, journaled, uploaded to a non-S3 origin and
+    verified by reading back): no key becomes a path on this node."""
+    mem = fsspec.filesystem("memory", skip_instance_cache=True)
+    prefix = f"/hostile-w-{uuid.uuid4().hex[:8]}/"
+    config = make_config(sandbox, ram="256KiB", write={"exit_wait_seconds": 0})
+    fs = TierCacheFileSystem(config=config, fs=mem)
+    bodies = {prefix + key: os.urandom(3000) + str(i).encode() for i, key in enumerate(HOSTILE)}
+    for path, body in bodies.items():
+        fs.pipe_file(path, body)
+        assert fs.cat_file(path) == body, repr(path[:80])
+    _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
+    assert fs.sync(timeout=120) == []
+    for path, body in bodies.items():
+        assert mem.cat_file(path) == body
     _check_confined(sandbox["ssd"].parent / "sandbox", HOSTILE)
     assert not Path("/tmp/escaped").exists()
 

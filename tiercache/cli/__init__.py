@@ -14,6 +14,7 @@ COMMANDS = (
     "engine",
     "warm",
     "stats",
+    "uploads",
     "clear",
     "verify",
     "simulate",

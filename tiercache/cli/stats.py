@@ -128,6 +128,13 @@ def render(stats: dict[str, Any], where: str) -> str:
         f"single-flight waits {stats['singleflight_waits']}, "
         f"checksum failures {stats['checksum_failures']}"
     )
+    u = stats.get("uploads")
+    if u is not None:
+        lines.append(
+            f"uploads: {u['pending_files']} pending ({format_size(u.get('pending_bytes', 0))}), "
+            f"{u['failed_files']} failed; {format_size(u['uploaded_bytes'])} uploaded, "
+            f"{u['upload_retries']} retries"
+        )
     return "\n".join(lines)
 
 

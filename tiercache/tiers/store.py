@@ -204,6 +204,26 @@ class TierStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return StagingFile(blob_id, tmp, fd, size, self._durable)
 
+    def stage_from_file(self, blob_id: str, source: Path, size: int, checksum: int) -> Staged:
+        """Stage the bytes of an existing file (an upload the write tier verified): a hard
+        link when the tier keeps them as they are on the same filesystem, else a copy
+        through :meth:`stage`. ``checksum``: the file's CRC32, known already."""
+        if size > self.config.small_object_bytes and not self.compress:
+            tmp = self.tmp_dir / f"{_TMP_PREFIX}{blob_id}-{secrets.token_hex(4)}"
+            try:
+                os.link(source, tmp)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+            else:
+                st = os.stat(tmp)
+                meta = BlobMeta(size, checksum, False, False, st.st_ino, st.st_mtime_ns)
+                return Staged(blob_id, meta, tmp=tmp)
+        stored, compressed = self.encode(source.read_bytes())
+        return self.stage(
+            blob_id, stored, compressed, size, checksum=None if compressed else checksum
+        )
+
     def publish(self, staged: Staged) -> BlobMeta:
         """Make a staged blob visible under its id (a rename: atomic, and keeps inode and
         mtime, so the identity recorded at staging stays true)."""
@@ -385,7 +405,11 @@ class TierStore:
                 for other_id, other in list(self._maps.items()):
                     if other_id != blob_id and not self._still_current(other_id, other):
                         self._forget(other_id)
-            while self._mapped_bytes > _MAP_BYTES or len(self._maps) > _MAP_COUNT:
+            # The mapping just made is last and is never dropped here: its view is about to
+            # be returned (one larger than the whole budget stays alone until the next).
+            while (self._mapped_bytes > _MAP_BYTES or len(self._maps) > _MAP_COUNT) and len(
+                self._maps
+            ) > 1:
                 self._forget(next(iter(self._maps)))
 
     def _still_current(self, blob_id: str, mapping: _Mapping) -> bool:
