@@ -6,6 +6,7 @@ path a user's code takes against real S3. moto's request recorder counts what re
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import json
@@ -23,11 +24,20 @@ from typing import Any
 
 import pytest
 
-# Before moto is imported: record every request so tests can count origin GETs.
+# Before moto is imported: record every request so tests can count origin GETs. The
+# recording holds request bodies (a run's is about 1 GB): removed when the run ends.
 os.environ.setdefault("MOTO_ENABLE_RECORDING", "True")
-os.environ.setdefault(
-    "MOTO_RECORDER_FILEPATH", os.path.join(tempfile.mkdtemp(prefix="moto-rec-"), "rec.jsonl")
-)
+if "MOTO_RECORDER_FILEPATH" not in os.environ:
+    _recordings = tempfile.mkdtemp(prefix="moto-rec-")
+    os.environ["MOTO_RECORDER_FILEPATH"] = os.path.join(_recordings, "rec.jsonl")
+    _recorder_pid = os.getpid()  # a forked child that exits normally must not remove it
+
+    @atexit.register
+    def _remove_recordings() -> None:
+        if os.getpid() == _recorder_pid:
+            shutil.rmtree(_recordings, ignore_errors=True)
+
+
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
