@@ -109,6 +109,9 @@ def test_every_process_uses_the_service_and_sigterm_leaves_a_consistent_index(
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["event"] == "stopped"
     assert not (index / MARKER).exists()
+    # A read after the service is gone (the reader may have finished before it stopped)
+    # makes this process the engine.
+    assert fs.cat_file(f"{bucket}/{names[0]}") == objs[names[0]]
     report = fs.cache.engine.verify()  # this process is the engine now
     assert report["ok"], report["problems"]
 

@@ -15,19 +15,19 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from typing import Any
 
 from ..cache import open_cache
+from ..config import Config
 from ..metrics import serve_if_configured
 from ..service import ServiceRunning, live_service, remove_marker, write_marker
 from .common import add_config_args, config_from_args
+from .stopping import Stop, stop_signals
 
 log = logging.getLogger("tiercache.service")
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def register(subparsers: Any) -> None:
@@ -68,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
         raise ServiceRunning(
             f"a tiercache engine service (pid {other}) already runs for {config.index_path}"
         )
-    stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    with stop_signals() as stop:
+        return _serve(args, config, stop)
+
+
+def _serve(args: argparse.Namespace, config: Config, stop: Stop) -> int:
     started = time.monotonic()
     cache = open_cache(config)  # makes the index directory
     write_marker(config.index_path)
@@ -123,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.close()
         cache.close(wait=True)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     _status(args.json, {"event": "stopped", "pid": os.getpid()})
     return 0
 

@@ -8,15 +8,12 @@ state; it never becomes the cache's engine.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Any
 
 from ..metrics import serve
 from .common import add_config_args, config_from_args
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from .stopping import stop_signals
 
 
 def register(subparsers: Any) -> None:
@@ -40,18 +37,12 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.port is None and config.metrics.port == 0:
         raise ValueError(f"{config.source}: no metrics port; give --port N or set [metrics] port")
-    stop = threading.Event()
-    # SIGTERM (systemd, kubernetes, a test) and Ctrl-C stop alike: close the socket, exit 0.
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
-    try:
+    with stop_signals() as stop:  # close the socket, exit 0
         server = serve(config, port=args.port, bind=args.bind)
         try:
             print(f"serving metrics of {config.index_path} on {server.url}", flush=True)
             stop.wait()
         finally:
             server.close()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     print("metrics server stopped", file=sys.stderr, flush=True)
     return 0
