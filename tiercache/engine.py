@@ -269,12 +269,10 @@ class Engine:
             # earn it a place now.
             if prefetch:
                 return FetchResult(None, held.data, held.version)
-        elif self.cluster is not None and via_peers:
-            held = self.cluster.fetch(origin, path, key)  # from the key's owner, or the origin
         else:
-            started = time.time()  # the version was current at some instant after this
-            fetched = origin.fetch(path)
-            held = Held(fetched.data, fetched.version, started, fetched.crc32)
+            if not prefetch and self._unstored.regretted(key):
+                self._prefetch.crowded()  # fetched again: the hold had let it go for room
+            held = self._fetch_held(origin, path, key, via_peers)
         entry = self.admit(key, held, prefetch=prefetch)
         if entry is None:
             # Held without its staged file: admit discarded that (a later admit stages anew).
@@ -282,6 +280,14 @@ class Engine:
         else:
             self._unstored.drop(key)
         return FetchResult(entry, held.data, held.version)
+
+    def _fetch_held(self, origin: Origin, path: str, key: str, via_peers: bool) -> Held:
+        """The object's bytes from the key's owner (``[cluster]``), or the origin."""
+        if self.cluster is not None and via_peers:
+            return self.cluster.fetch(origin, path, key)
+        started = time.time()  # the version was current at some instant after this
+        fetched = origin.fetch(path)
+        return Held(fetched.data, fetched.version, started, fetched.crc32)
 
     def admit(self, key: str, held: Held, *, prefetch: bool = False) -> Entry | None:
         """Store fetched bytes by policy; returns the entry, or None if no tier took it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -41,12 +42,34 @@ class Prefetcher:
         self._typical = 0  # bytes of the last object fetched: the guess for those in flight
         self._stopped = False
         self._thread: threading.Thread | None = None
+        #: The share of the budget fetched ahead (``crowded``): halved each time the hold
+        #: let go of an object a reader then asked for again, doubled back every 10 s.
+        self._scale = 1.0
+        self._scaled_at = 0.0
 
     @property
     def budget(self) -> int:
         engine = self.engine
         admission = engine.config.tiers[engine.admission_tier].capacity
         return min(engine.config.prefetch.depth_bytes, max(1, admission // 2))
+
+    def crowded(self) -> None:
+        """The hold let go of an object for room while its readers were still reading it,
+        and one of them had to read it from the origin again: objects fetched ahead took
+        that room. Fetch less far ahead for a while. (Ranks of one node read the same
+        shards with their DataLoader workers at different moments; an object fetched
+        ahead costs nothing more to fetch when it is needed, one read again costs its
+        bytes twice.)"""
+        with self._cond:
+            self._scale = max(1 / 16, self._scale / 2)
+            self._scaled_at = time.monotonic()
+
+    def _ahead_limit(self) -> int:
+        """Under ``_cond``: the bytes to fetch ahead now."""
+        if self._scale < 1 and time.monotonic() - self._scaled_at > 10:
+            self._scale = min(1.0, self._scale * 2)
+            self._scaled_at = time.monotonic()
+        return max(1, int(self.budget * self._scale))
 
     def plan(self, reads: list[PlannedRead]) -> None:
         """Fetch along ``reads`` (the node's merged plan) from now on.
@@ -84,7 +107,9 @@ class Prefetcher:
         while True:
             with self._cond:
                 while not self._stopped and (
-                    not self._queue or self._running >= limit or self._committed() >= self.budget
+                    not self._queue
+                    or self._running >= limit
+                    or self._committed() >= self._ahead_limit()
                 ):
                     self._cond.wait(0.5)
                 if self._stopped:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
+
+from .bounded import Bounded
 
 if TYPE_CHECKING:
     from .tiers.store import Staged
@@ -40,6 +43,9 @@ class Unstored:
         self.budget = budget
         self._items: OrderedDict[str, Held] = OrderedDict()
         self._reads: dict[str, int] = {}
+        #: Keys let go for room while already being read (monotonic time): another reader
+        #: asking for one soon after means the hold is too small for what is fetched ahead.
+        self._let_go: Bounded[str, float] = Bounded(1024)
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -64,7 +70,17 @@ class Unstored:
             self._reads[key] = reads
             self._bytes += len(held.data)
             while self._bytes > self.budget:
-                self._pop(self._victim())
+                victim = self._victim()
+                if self._reads[victim]:
+                    self._let_go[victim] = time.monotonic()
+                self._pop(victim)
+
+    def regretted(self, key: str) -> bool:
+        """Whether ``key`` was let go for room, while being read, in the last half minute
+        (and is now asked for again: an origin read the hold caused)."""
+        with self._lock:
+            at = self._let_go.pop(key, None)
+        return at is not None and time.monotonic() - at < 30
 
     def _victim(self) -> str:
         most, victim = -1, ""
