@@ -69,7 +69,8 @@ class Prefetcher:
         if self._scale < 1 and time.monotonic() - self._scaled_at > 10:
             self._scale = min(1.0, self._scale * 2)
             self._scaled_at = time.monotonic()
-        return max(1, int(self.budget * self._scale))
+        budget = self.budget  # 0: prefetch is off (``depth_bytes = 0``)
+        return min(budget, max(1, int(budget * self._scale)))
 
     def plan(self, reads: list[PlannedRead]) -> None:
         """Fetch along ``reads`` (the node's merged plan) from now on.

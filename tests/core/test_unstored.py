@@ -63,3 +63,5 @@ def test_prefetch_fetches_less_far_ahead_after_the_hold_was_crowded() -> None:
     assert prefetch._ahead_limit() == 2 << 20  # never below 1/16 of the budget
     prefetch._scaled_at -= 11  # 10 s later: twice as far again
     assert prefetch._ahead_limit() == 4 << 20
+    prefetch.engine.config.prefetch.depth_bytes = 0  # prefetch off stays off
+    assert prefetch._ahead_limit() == 0
