@@ -419,3 +419,21 @@ def test_a_server_without_checksums_or_listparts_is_verified_by_etags(
     head = s3_server.client.head_object(Bucket=bucket, Key="plain/big", ChecksumMode="ENABLED")
     assert "ChecksumCRC32" not in head and head["ETag"].endswith('-4"')
     assert proxy.requests("GET", "plain/") == []  # verified without reading back
+
+
+def test_an_abort_the_origin_fails_is_tried_again(
+    wfs: Any, proxy: FaultProxy, s3_server: S3, bucket: str
+) -> None:
+    """Forgetting an upload whose abort failed would leave its parts stored for good."""
+    proxy.add(Fault("status", times=3, method="DELETE", query="uploadId=", status=500,
+                    code="InternalError"))  # fmt: skip
+    with pytest.raises(RuntimeError), wfs.open(f"{bucket}/dropped.bin", "wb") as f:
+        f.write(os.urandom(3 * PART))
+        assert wait_until(lambda: upload_parts(proxy, "dropped.bin") >= 2, 60)
+        raise RuntimeError("the save failed")
+
+    def none_left() -> bool:
+        return not s3_server.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    assert wait_until(none_left, 30)
+    assert len(proxy.requests("DELETE", "dropped.bin")) == 4  # 3 refused, then the abort

@@ -65,6 +65,8 @@ log = logging.getLogger("tiercache.write")
 FAILED_RETRY_SECONDS = 300.0
 _MAX_BACKOFF = 60.0
 _MAINTAIN_SECONDS = 60.0
+#: Tries of an abort before it is left to the next maintenance pass.
+_ABORT_ATTEMPTS = 6
 #: Parts of one file sent at once while it is still being written.
 _EARLY_STREAMS = 2
 #: How much less CPU priority upload threads ask for than the writers they serve.
@@ -636,9 +638,22 @@ class Uploader:
             return
         if any(op.token == token and op.early for op in self.journal.pending()):
             return  # closed meanwhile, front to back after all: its entry keeps it
-        with contextlib.suppress(Exception):
-            target = self._target(Early(token, upload["key"], upload["path"], upload["origin"]))
-            target.abort(upload["path"], upload["upload_id"])
+        target = self._target(Early(token, upload["key"], upload["path"], upload["origin"]))
+        for attempt in range(1, _ABORT_ATTEMPTS + 1):
+            try:
+                target.abort(upload["path"], upload["upload_id"])  # an upload gone counts
+                break
+            except Exception as exc:
+                # Forgetting an upload the origin still holds would leave its parts stored
+                # (and billed) for good: keep it in the journal, the next maintenance pass
+                # aborts it again. (moto answers 500 to an abort that races a part.)
+                if attempt == _ABORT_ATTEMPTS:
+                    log.warning(
+                        "could not abort the upload of %s (%s); trying again within %.0f s",
+                        upload["key"], exc, _MAINTAIN_SECONDS,
+                    )  # fmt: skip
+                    return
+                time.sleep(_backoff(attempt))
         with self.journal.write() as w:
             if w.upload(token) == upload:
                 w.drop_upload(token)
