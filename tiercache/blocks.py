@@ -132,8 +132,7 @@ class ObjectRecords:
 
     def __init__(self, index: Index) -> None:
         self.index = index
-        with transaction():
-            self.db = index.env.open_db(b"objects")
+        self.db = index.objects
 
     def get(self, key: str) -> ObjectRecord | None:
         with transaction(), self.index.env.begin(db=self.db) as txn:
@@ -159,9 +158,8 @@ _RECORDS_LOCK = threading.Lock()
 
 
 def records_for(index: Index) -> ObjectRecords:
-    """The records table of ``index`` (one handle per index object: reopened after a fork,
-    when the cache opens a new index). Made under a lock: LMDB forbids opening a table from
-    two transactions of one process at once (warm's threads did, and hung)."""
+    """The records table of ``index`` (one handle per index object: a fork's cache opens a
+    new index, and gets its own). Its LMDB table is opened with the index (``Index``)."""
     with _RECORDS_LOCK:
         found = getattr(index, "_object_records", None)
         if found is None:

@@ -118,8 +118,13 @@ class Index:
             sync=True,
             mode=0o600,
         )
+        # Every table is opened here, before this process has other threads on the index:
+        # opening one needs LMDB's write lock and py-lmdb waits for it holding the GIL, so a
+        # table opened later, while another thread of the process held a write transaction,
+        # hung the process (that thread could never take the GIL back to commit).
         self.entries = self.env.open_db(b"entries")
         self.meta = self.env.open_db(b"meta")
+        self.objects = self.env.open_db(b"objects")  # large objects' records (blocks.py)
         self._check_format()
 
     def _check_format(self) -> None:
