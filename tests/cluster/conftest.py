@@ -94,7 +94,8 @@ def network() -> Iterator[tuple[netns.Net, netns.Origin, Path]]:
 
 @pytest.fixture
 def cluster(network: tuple[netns.Net, netns.Origin, Path]) -> Iterator[Cluster]:
-    """Three nodes with empty caches; twelve 192 KiB objects and one small one at the origin."""
+    """Three nodes with empty caches; 24 objects of 192 KiB (so that each node owns some
+    in any run: with 12, node 2 owned none in one CI run) and one small one at the origin."""
     import boto3
 
     net, origin, base = network
@@ -103,7 +104,7 @@ def cluster(network: tuple[netns.Net, netns.Origin, Path]) -> Iterator[Cluster]:
     bucket = f"tcc-{uuid.uuid4().hex[:10]}"
     client = boto3.client("s3", endpoint_url=origin.endpoint)
     client.create_bucket(Bucket=bucket)
-    objects = [(f"data/obj-{i:02d}", 1000 + i, 192 * 1024 + i) for i in range(12)]
+    objects = [(f"data/obj-{i:02d}", 1000 + i, 192 * 1024 + i) for i in range(24)]
     objects.append(("data/small", 999, 3000))
     for name, seed, size in objects:
         client.put_object(Bucket=bucket, Key=name, Body=payload(seed, size))
