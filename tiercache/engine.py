@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -657,6 +657,23 @@ class Engine:
         fetcher_for(self).forget(key)
 
     # -- maintenance ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _settled(self) -> Iterator[None]:
+        """The engine lock, held with no move queued or under way (after a few tries, held
+        anyway): moves are queued under the lock, so none starts while it is held."""
+        for _ in range(10):
+            self._mover.drain()
+            self._lock.acquire()
+            if self._mover.idle():
+                break
+            self._lock.release()
+        else:
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def verify(self, repair: bool = False) -> dict[str, object]:
         """Check every entry's blob (present, right size, right checksum), the per-tier totals,
         files no entry points at, and policy state; with ``repair``, fix what is wrong.
@@ -669,10 +686,12 @@ class Engine:
         sums = {name: {"entries": 0, "used_bytes": 0} for name in self.config.tier_names}
         files_on_disk = {}
         self.wait_started()
-        self._mover.drain()
         # A consistent picture under the lock (the index, its totals, the files on disk and
-        # the policies); the slow part, hashing every blob, runs after, unlocked.
-        with self._lock:
+        # the policies), taken with no move under way: an entry waiting to be demoted has
+        # left its tier's policy but not yet its index entry. A promotion may queue moves
+        # between the drain and the lock, so the mover must still be idle once it is held.
+        # The slow part, hashing every blob, runs after, unlocked.
+        with self._settled():
             entries = list(self.index)
             totals = self.index.totals()
             for entry in entries:

@@ -81,6 +81,11 @@ class Mover:
         with self._cond:
             self._cond.wait_for(lambda: self.leaving[tier] <= limit or self._stopped, timeout)
 
+    def idle(self) -> bool:
+        """No move queued or under way (``verify`` checks it holding the engine lock)."""
+        with self._cond:
+            return not self._queue and not self._busy
+
     def drain(self, timeout: float = 60.0) -> bool:
         """Wait until every queued move is done (tests, ``verify``, shutdown)."""
         with self._cond:
