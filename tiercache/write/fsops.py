@@ -32,7 +32,7 @@ from ..ipc import dump_origin
 from ..tiers.store import BlobMeta
 from .files import StagedFile
 from .journal import COPY, DELETE, FAILED, PUT, Op, _under, origin_digest
-from .staging import Staging
+from .staging import Staging, journal_of
 
 if TYPE_CHECKING:
     from ..cache import Cache
@@ -436,8 +436,7 @@ class WriteOps:
 
     def uploads(self) -> list[dict[str, Any]]:
         """Every write, delete and rename of this node not yet durable at the origin."""
-        staging = self.cache.staging
-        journal = None if staging is None else staging.existing_journal()
+        journal = journal_of(self.cache.staging)
         return [] if journal is None else [op.public() for op in journal.pending()]
 
     # -- what reads and listings see ---------------------------------------------------------------
@@ -446,8 +445,7 @@ class WriteOps:
 
         Raises FileNotFoundError for a path deleted here and not yet at the origin.
         """
-        staging = self.cache.staging
-        journal = None if staging is None else staging.existing_journal()
+        journal = journal_of(self.cache.staging)
         if journal is None:
             return None
         key = self._key(path)
@@ -455,22 +453,24 @@ class WriteOps:
         if seen is not None:
             if seen.exists:
                 return {"name": path, "size": seen.op.size, "type": "file", "staged": True}
-            if self._pending_children(path):
-                return {"name": path, "size": 0, "type": "directory"}
-            raise FileNotFoundError(errno.ENOENT, f"{key} was deleted", path)
+            return self._deleted_here(path, key)
         done = journal.done_for(key)
         parent = posixpath.dirname(path.rstrip("/"))
         if done is not None and done["at"] >= self.origin.listed_at(parent):
             if done["kind"] == DELETE:
-                if self._pending_children(path):
-                    return {"name": path, "size": 0, "type": "directory"}
-                raise FileNotFoundError(errno.ENOENT, f"{key} was deleted", path)
+                return self._deleted_here(path, key)
             return {"name": path, "size": done.get("size", 0), "type": "file"}
         return None
 
+    def _deleted_here(self, path: str, key: str) -> dict[str, Any]:
+        """``info`` of a path deleted on this node: a directory if files written under it
+        are pending, else not found."""
+        if self._pending_children(path):
+            return {"name": path, "size": 0, "type": "directory"}
+        raise FileNotFoundError(errno.ENOENT, f"{key} was deleted", path)
+
     def _pending_children(self, path: str) -> bool:
-        staging = self.cache.staging
-        journal = None if staging is None else staging.existing_journal()
+        journal = journal_of(self.cache.staging)
         if journal is None:
             return False
         base = path.rstrip("/") + "/"
@@ -482,8 +482,7 @@ class WriteOps:
     def _with_writes(self, path: str, listing: list[dict[str, Any]] | None) -> Any:
         """``listing`` (None: the origin has no such directory) with this node's writes,
         deletes and renames under ``path`` applied, and those completed since it was taken."""
-        staging = self.cache.staging
-        journal = None if staging is None else staging.existing_journal()
+        journal = journal_of(self.cache.staging)
         if journal is None:
             return listing
         pending = journal.latest_under(path)

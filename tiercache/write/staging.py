@@ -249,3 +249,9 @@ def _checked(token: str) -> str:
     if not token or "/" in token or token.startswith("."):
         raise ValueError(f"invalid staging token {token!r}")
     return token
+
+
+def journal_of(staging: Staging | None) -> Journal | None:
+    """The write journal of a cache's write tier, if it has one and anything was ever
+    written there (readers of a cache that never wrote open nothing)."""
+    return None if staging is None else staging.existing_journal()
